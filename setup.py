@@ -1,0 +1,43 @@
+"""nst: Noisy Student Training on TensorFlow 2 / Keras 3.
+
+TensorFlow itself is an extra so that a Cloud TPU VM keeps its own
+`tensorflow-tpu` build:
+  pip install -e ".[cpu]"   # standard TensorFlow wheel (CPU / GPU machines)
+  pip install -e ".[tpu]"   # TPU VM: uses the tensorflow-tpu already installed
+"""
+
+from setuptools import find_packages, setup
+
+TENSORFLOW = "tensorflow>=2.21,<2.22"
+
+setup(
+    name="nst",
+    version="0.1.0",
+    description="Noisy Student Training (Xie et al., 2019) on TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nst", "nst.*"]),
+    include_package_data=True,
+    install_requires=[
+        "keras>=3.15,<3.16",
+        "tensorflow-datasets>=4.9,<4.10",
+        "absl-py>=2.1",
+        "gin-config>=0.5,<0.6",
+        "numpy>=1.26",
+        "h5py>=3.10",
+    ],
+    extras_require={
+        "cpu": [TENSORFLOW],
+        # Cloud TPU VMs ship `tensorflow-tpu`; depending on `tensorflow` here
+        # would make pip install a second, CPU-only TensorFlow over it.
+        "tpu": [],
+        "test": [TENSORFLOW, "pytest>=8", "scikit-learn>=1.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "nst-model-table=nst.models.table_cli:run",
+            "nst-convert-checkpoint=nst.models.convert_cli:run",
+        ],
+    },
+)
