@@ -1,0 +1,214 @@
+"""Command line: convert EfficientNet weights into the nst format.
+
+    nst-convert-checkpoint --model_name=efficientnet-b0 \
+        --source=/ckpts/noisy_student_efficientnet-b0 --output_dir=/models/b0
+    nst-convert-checkpoint --model_name=efficientnet-b3 \
+        --source=keras:EfficientNetB3:/weights/b3.weights.h5 \
+        --export_saved_model=/serving/b3
+    nst-convert-checkpoint --list --source=/runs/student/model.ckpt-1000
+
+`--source` is an original TF1 checkpoint (prefix or directory; nst
+checkpoints and `.weights.h5` files are accepted too, the format is sniffed)
+or `keras:<ApplicationName>[:<weights file>]`: a `keras.applications`
+model built with `weights=None`, optionally filled from a local weights
+file (this tool never downloads anything). Every name and shape is checked
+before anything is written; on a mismatch the tool prints the full list of
+problems and exits with status 1.
+"""
+
+import sys
+
+import nst  # noqa: F401  (pins the Keras backend before keras is imported)
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+KERAS_PREFIX = "keras:"
+_NORMALIZATIONS = {"imagenet": "imagenet", "svhn": "svhn", "none": None}
+
+
+def define_flags(flag_values=FLAGS):
+    """Registers the converter's flags (once per `flag_values`).
+
+    Flags live here rather than at import time so that importing this module
+    from a library or test cannot collide with another entry point's flags.
+    """
+    if "source" in flag_values:
+        return
+    flags.DEFINE_string("model_name", "efficientnet-b0",
+                        "Architecture, as in the original (efficientnet-b0 .. -l2).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_label_classes", 1000, "Number of classes K.",
+                         flag_values=flag_values)
+    flags.DEFINE_boolean("small_image_model", False,
+                         "The 32x32 variant (stages 2 and 3 with stride 1).",
+                         flag_values=flag_values)
+    flags.DEFINE_float("width_coefficient", None, "Overrides the width multiplier.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("depth_coefficient", None, "Overrides the depth multiplier.",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("input_image_size", None,
+                         "Input resolution; default: the model's native one "
+                         "(32 with --small_image_model).", flag_values=flag_values)
+    flags.DEFINE_enum("normalization", "imagenet", sorted(_NORMALIZATIONS),
+                      "Pixel statistics the converted model normalises with "
+                      "(the original uses svhn for --task_name=svhn).",
+                      flag_values=flag_values)
+    flags.DEFINE_string("source", None,
+                        "Original checkpoint prefix or directory, or "
+                        "keras:EfficientNetBx[:path/to/weights.h5].", flag_values=flag_values)
+    flags.DEFINE_enum("source_scope", "auto", ["auto", "student", "teacher"],
+                      "Which model of an original checkpoint to read; 'teacher' takes "
+                      "teacher_model/<name>/ of a student run.", flag_values=flag_values)
+    flags.DEFINE_boolean("use_ema", True,
+                         "Read EMA shadows when the checkpoint has them.",
+                         flag_values=flag_values)
+    flags.DEFINE_boolean("no_ema", False, "Read raw weights, not EMA shadows.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Writes the nst format here.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("export_saved_model", None,
+                        "Writes a serving SavedModel (serve(images) -> logits, "
+                        "probabilities) here.", flag_values=flag_values)
+    flags.DEFINE_string("export_keras", None, "Writes a .keras archive here.",
+                        flag_values=flag_values)
+    flags.DEFINE_boolean("list", False,
+                         "Only print the model scopes found in an original checkpoint.",
+                         flag_values=flag_values)
+
+
+def parse_keras_source(source: str):
+    """'keras:EfficientNetB3[:path]' -> ('EfficientNetB3', path or None)."""
+    rest = source[len(KERAS_PREFIX):]
+    name, _, weights = rest.partition(":")
+    if not name:
+        raise app.UsageError(f"--source={source}: expected keras:<ApplicationName>[:<weights>]")
+    return name, weights or None
+
+
+def build_keras_source(source: str, image_size, num_classes: int):
+    """Builds the `keras.applications` model a `keras:` source names.
+
+    Returns a model for `[B, image_size, image_size, 3]` inputs with
+    `num_classes` outputs; weights are random unless the source names a file.
+    """
+    import keras
+    import tensorflow as tf
+
+    name, weights = parse_keras_source(source)
+    constructor = getattr(keras.applications, name, None)
+    if constructor is None or not name.startswith("EfficientNetB"):
+        raise app.UsageError(f"--source={source}: {name!r} is not a keras.applications "
+                             "EfficientNetB0..B7 model")
+    if image_size is None:
+        raise app.UsageError("A keras: source needs a fixed input size")
+    if weights is not None and not tf.io.gfile.exists(weights):
+        raise FileNotFoundError(f"No weights file {weights}")
+    keras_model = constructor(weights=None, input_shape=(image_size, image_size, 3),
+                              classes=num_classes, classifier_activation=None)
+    if weights is not None:
+        keras_model.load_weights(weights)
+    return keras_model
+
+
+def _list_roots(source: str) -> int:
+    import tensorflow as tf
+
+    from nst.models import convert
+
+    reader = tf.train.load_checkpoint(source)
+    roots = convert.find_roots(reader.get_variable_to_shape_map())
+    if not roots:
+        sys.stderr.write(f"No EfficientNet scope found in {source}\n")
+        return 1
+    for root in roots:
+        print(root)
+    return 0
+
+
+def _build_target():
+    from nst.models import efficientnet
+
+    model, _ = efficientnet.build_model(
+        FLAGS.model_name, FLAGS.num_label_classes,
+        width=FLAGS.width_coefficient, depth=FLAGS.depth_coefficient,
+        resolution=FLAGS.input_image_size, small_image=FLAGS.small_image_model,
+        normalization=_NORMALIZATIONS[FLAGS.normalization])
+    return model
+
+
+def convert_and_export() -> int:
+    """Runs one conversion from the parsed flags; returns the exit status."""
+    from nst.models import convert
+    from nst.models import saving
+
+    if FLAGS.use_ema and FLAGS.no_ema and FLAGS["use_ema"].present:
+        raise app.UsageError("--use_ema and --no_ema contradict each other")
+    use_ema = FLAGS.use_ema and not FLAGS.no_ema
+    model = _build_target()
+    if FLAGS.source.startswith(KERAS_PREFIX):
+        keras_model = build_keras_source(FLAGS.source, model.image_size,
+                                         FLAGS.num_label_classes)
+        report = convert.load_keras_applications(model, keras_model)
+    else:
+        # "auto" so that a checkpoint without shadows still converts; EMA
+        # is taken whenever it exists, as the original's eval does.
+        report = saving.load_weights(model, FLAGS.source,
+                                     use_ema="auto" if use_ema else False,
+                                     source=FLAGS.source_scope)
+    summary = (f"Loaded {report.num_loaded} tensors into {model.config.name} "
+               f"({len(model.config.blocks())} blocks, {model.config.num_classes} classes, "
+               f"{model.image_size}px) from {report.source}")
+    if report.root:
+        summary += f", scope {report.root!r}"
+    summary += f"; {report.num_from_ema} from EMA shadows"
+    logging.info(summary)
+    print(summary)
+
+    if FLAGS.output_dir:
+        prefix = saving.save_weights(model, FLAGS.output_dir)
+        print(f"Wrote nst checkpoint {prefix}")
+    if FLAGS.export_saved_model:
+        saving.export_serving(model, FLAGS.export_saved_model, format="saved_model")
+        print(f"Wrote SavedModel {FLAGS.export_saved_model}")
+    if FLAGS.export_keras:
+        saving.export_serving(model, FLAGS.export_keras, format="keras")
+        print(f"Wrote Keras archive {FLAGS.export_keras}")
+    if not (FLAGS.output_dir or FLAGS.export_saved_model or FLAGS.export_keras):
+        print("No output requested: the weights fit the model; nothing written.")
+    return 0
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.source:
+        raise app.UsageError("--source is required")
+    if FLAGS.export_keras and not FLAGS.export_keras.endswith(".keras"):
+        raise app.UsageError(f"--export_keras must end in .keras, got {FLAGS.export_keras}")
+
+    import tensorflow as tf
+
+    try:
+        if FLAGS.list:
+            if FLAGS.source.startswith(KERAS_PREFIX):
+                raise app.UsageError("--list reads original checkpoints, not keras: sources")
+            return _list_roots(FLAGS.source)
+        return convert_and_export()
+    # CheckpointMismatchError is a ValueError; so are an unknown model name
+    # and a weights file of another architecture.
+    except (ValueError, FileNotFoundError, tf.errors.OpError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+
+
+def run():
+    """Console-script entry point (`nst-convert-checkpoint`)."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
