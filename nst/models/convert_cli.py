@@ -20,9 +20,15 @@ import sys
 
 import nst  # noqa: F401  (pins the Keras backend before keras is imported)
 
+import keras
+import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
+
+from nst.models import convert
+from nst.models import efficientnet
+from nst.models import saving
 
 FLAGS = flags.FLAGS
 KERAS_PREFIX = "keras:"
@@ -30,53 +36,43 @@ _NORMALIZATIONS = {"imagenet": "imagenet", "svhn": "svhn", "none": None}
 
 
 def define_flags(flag_values=FLAGS):
-    """Registers the converter's flags (once per `flag_values`).
+    """Registers the converter's flags on `flag_values`.
 
     Flags live here rather than at import time so that importing this module
-    from a library or test cannot collide with another entry point's flags.
+    cannot collide with another entry point's flags; a flag that another
+    tool already defined under the same name (e.g. `--num_label_classes`)
+    is shared rather than redefined.
     """
-    if "source" in flag_values:
-        return
-    flags.DEFINE_string("model_name", "efficientnet-b0",
-                        "Architecture, as in the original (efficientnet-b0 .. -l2).",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("num_label_classes", 1000, "Number of classes K.",
-                         flag_values=flag_values)
-    flags.DEFINE_boolean("small_image_model", False,
-                         "The 32x32 variant (stages 2 and 3 with stride 1).",
-                         flag_values=flag_values)
-    flags.DEFINE_float("width_coefficient", None, "Overrides the width multiplier.",
-                       flag_values=flag_values)
-    flags.DEFINE_float("depth_coefficient", None, "Overrides the depth multiplier.",
-                       flag_values=flag_values)
-    flags.DEFINE_integer("input_image_size", None,
-                         "Input resolution; default: the model's native one "
-                         "(32 with --small_image_model).", flag_values=flag_values)
-    flags.DEFINE_enum("normalization", "imagenet", sorted(_NORMALIZATIONS),
-                      "Pixel statistics the converted model normalises with "
-                      "(the original uses svhn for --task_name=svhn).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("source", None,
-                        "Original checkpoint prefix or directory, or "
-                        "keras:EfficientNetBx[:path/to/weights.h5].", flag_values=flag_values)
-    flags.DEFINE_enum("source_scope", "auto", ["auto", "student", "teacher"],
-                      "Which model of an original checkpoint to read; 'teacher' takes "
-                      "teacher_model/<name>/ of a student run.", flag_values=flag_values)
-    flags.DEFINE_boolean("use_ema", True,
-                         "Read EMA shadows when the checkpoint has them.",
-                         flag_values=flag_values)
-    flags.DEFINE_boolean("no_ema", False, "Read raw weights, not EMA shadows.",
-                         flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Writes the nst format here.",
-                        flag_values=flag_values)
-    flags.DEFINE_string("export_saved_model", None,
-                        "Writes a serving SavedModel (serve(images) -> logits, "
-                        "probabilities) here.", flag_values=flag_values)
-    flags.DEFINE_string("export_keras", None, "Writes a .keras archive here.",
-                        flag_values=flag_values)
-    flags.DEFINE_boolean("list", False,
-                         "Only print the model scopes found in an original checkpoint.",
-                         flag_values=flag_values)
+    def define(kind, name, default, help_text, *args):
+        if name not in flag_values:
+            getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_text,
+                                              flag_values=flag_values)
+
+    define("string", "model_name", "efficientnet-b0",
+           "Architecture, as in the original (efficientnet-b0 .. -l2).")
+    define("integer", "num_label_classes", 1000, "Number of classes K.")
+    define("boolean", "small_image_model", False,
+           "The 32x32 variant (stages 2 and 3 with stride 1).")
+    define("float", "width_coefficient", None, "Overrides the width multiplier.")
+    define("float", "depth_coefficient", None, "Overrides the depth multiplier.")
+    define("integer", "input_image_size", None,
+           "Input resolution; default: the model's native one (32 with --small_image_model).")
+    define("enum", "normalization", "imagenet",
+           "Pixel statistics the converted model normalises with "
+           "(the original uses svhn for --task_name=svhn).", sorted(_NORMALIZATIONS))
+    define("string", "source", None,
+           "Original checkpoint prefix or directory, or keras:EfficientNetBx[:path/to/weights.h5].")
+    define("enum", "source_scope", "auto",
+           "Which model of an original checkpoint to read; 'teacher' takes "
+           "teacher_model/<name>/ of a student run.", ["auto", "student", "teacher"])
+    define("boolean", "use_ema", True, "Read EMA shadows when the checkpoint has them.")
+    define("boolean", "no_ema", False, "Read raw weights, not EMA shadows.")
+    define("string", "output_dir", None, "Writes the nst format here.")
+    define("string", "export_saved_model", None,
+           "Writes a serving SavedModel (serve(images) -> logits, probabilities) here.")
+    define("string", "export_keras", None, "Writes a .keras archive here.")
+    define("boolean", "list", False,
+           "Only print the model scopes found in an original checkpoint.")
 
 
 def parse_keras_source(source: str):
@@ -94,9 +90,6 @@ def build_keras_source(source: str, image_size, num_classes: int):
     Returns a model for `[B, image_size, image_size, 3]` inputs with
     `num_classes` outputs; weights are random unless the source names a file.
     """
-    import keras
-    import tensorflow as tf
-
     name, weights = parse_keras_source(source)
     constructor = getattr(keras.applications, name, None)
     if constructor is None or not name.startswith("EfficientNetB"):
@@ -114,10 +107,6 @@ def build_keras_source(source: str, image_size, num_classes: int):
 
 
 def _list_roots(source: str) -> int:
-    import tensorflow as tf
-
-    from nst.models import convert
-
     reader = tf.train.load_checkpoint(source)
     roots = convert.find_roots(reader.get_variable_to_shape_map())
     if not roots:
@@ -129,8 +118,6 @@ def _list_roots(source: str) -> int:
 
 
 def _build_target():
-    from nst.models import efficientnet
-
     model, _ = efficientnet.build_model(
         FLAGS.model_name, FLAGS.num_label_classes,
         width=FLAGS.width_coefficient, depth=FLAGS.depth_coefficient,
@@ -141,8 +128,6 @@ def _build_target():
 
 def convert_and_export() -> int:
     """Runs one conversion from the parsed flags; returns the exit status."""
-    from nst.models import convert
-    from nst.models import saving
 
     if FLAGS.use_ema and FLAGS.no_ema and FLAGS["use_ema"].present:
         raise app.UsageError("--use_ema and --no_ema contradict each other")
@@ -188,8 +173,6 @@ def main(argv) -> int:
         raise app.UsageError("--source is required")
     if FLAGS.export_keras and not FLAGS.export_keras.endswith(".keras"):
         raise app.UsageError(f"--export_keras must end in .keras, got {FLAGS.export_keras}")
-
-    import tensorflow as tf
 
     try:
         if FLAGS.list:

@@ -138,7 +138,17 @@ def load_weights(model: EfficientNet, path: str, *, use_ema="auto",
     if path.endswith(".weights.h5"):
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"No weights file {path}")
-        model.load_weights(path)
+        # Keras assigns layer by layer and raises only at the first misfit;
+        # undo what it assigned so a failed load leaves the model unchanged.
+        before = [v.numpy() for v in model.weights]
+        try:
+            model.load_weights(path)
+        except ValueError as e:
+            for variable, value in zip(model.weights, before):
+                variable.assign(value)
+            raise convert.CheckpointMismatchError(
+                path, hint=f"Model {model.config.name} ({model.config.num_classes} classes). "
+                           f"Keras: {e}") from e
         return convert.LoadReport(source=path, num_loaded=len(model.weights))
     path = _resolve(path)
     if _is_object_based(path):
