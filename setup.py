@@ -26,13 +26,16 @@ setup(
         "gin-config>=0.5,<0.6",
         "numpy>=1.26",
         "h5py>=3.10",
+        # The offline demo data (sklearn's bundled digits) and SVHN .mat files.
+        "scikit-learn>=1.4",
+        "scipy>=1.11",
     ],
     extras_require={
         "cpu": [TENSORFLOW],
         # Cloud TPU VMs ship `tensorflow-tpu`; depending on `tensorflow` here
         # would make pip install a second, CPU-only TensorFlow over it.
         "tpu": [],
-        "test": [TENSORFLOW, "pytest>=8", "scikit-learn>=1.4"],
+        "test": [TENSORFLOW, "pytest>=8"],
     },
     entry_points={
         "console_scripts": [
