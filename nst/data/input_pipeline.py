@@ -82,11 +82,16 @@ def unlabeled_batch_size(batch_size: int, unlabel_ratio: float,
     return int(math.ceil(round(batch_size * label_data_sample_prob * unlabel_ratio, 9)))
 
 
-def _element_seeds(dataset, seed, input_context):
-    """Adds a stateless seed [2] int64 to each element: (seed + pipeline, position)."""
+def _element_seeds(dataset, seed, input_context, skip_elements=0):
+    """Adds a stateless seed [2] int64 to each element: (seed + pipeline, position).
+
+    `skip_elements` drops the stream's first elements before any image work,
+    so a resumed job continues the exact stream of an uninterrupted one at
+    the cost of reading (not decoding or augmenting) what it skips.
+    """
     pipeline = input_context.input_pipeline_id if input_context else 0
     base = tf.constant((seed or 0) * 1000003 + pipeline, tf.int64)
-    return dataset.enumerate().map(
+    return dataset.enumerate().skip(skip_elements).map(
         lambda i, element: (element, tf.stack([base, i])))
 
 
@@ -104,12 +109,13 @@ def labeled_train_dataset(patterns, num_classes: int, batch_size: int, view: Vie
                           use_cache: bool = True, shuffle_buffer: int = 16384,
                           num_train_shards: Optional[int] = None,
                           skip_corrupt: bool = False, skipped=None,
-                          deterministic: bool = True) -> tf.data.Dataset:
+                          deterministic: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """Endless labeled training batches: {'image': [B, S, S, 3], 'label': [B] int32}.
 
     Files: sorted matches of `patterns`, only the first `num_train_shards`
     if given. With `use_cache` the parsed records are cached in memory after
     the first pass and reshuffled every epoch (the original's default).
+    `start_batch` resumes the stream at that batch (see `_element_seeds`).
     """
     files = readers.list_files(patterns)
     if num_train_shards:
@@ -122,7 +128,7 @@ def labeled_train_dataset(patterns, num_classes: int, batch_size: int, view: Vie
         records = records.cache().shuffle(shuffle_buffer, seed=seed).repeat()
     else:
         records = records.shuffle(min(shuffle_buffer, 1024), seed=seed)
-    records = _element_seeds(records, seed, input_context)
+    records = _element_seeds(records, seed, input_context, start_batch * batch_size)
 
     def make(record, element_seed):
         image = preprocess.decode_image(record["image"])
@@ -138,7 +144,7 @@ def unlabeled_train_dataset(patterns, num_classes: int, batch_size: int, view: V
                             input_context=None, seed: Optional[int] = None,
                             use_cache: bool = False, shuffle_buffer: int = 1024,
                             skip_corrupt: bool = False, skipped=None,
-                            deterministic: bool = True) -> tf.data.Dataset:
+                            deterministic: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """Endless unlabeled training batches (U rows).
 
     Yields {'image': [U, S, S, 3], 'label': [U] int32} plus, with
@@ -172,7 +178,7 @@ def unlabeled_train_dataset(patterns, num_classes: int, batch_size: int, view: V
         records = records.cache().shuffle(shuffle_buffer, seed=seed).repeat()
     else:
         records = records.shuffle(shuffle_buffer, seed=seed)
-    records = _element_seeds(records, seed, input_context)
+    records = _element_seeds(records, seed, input_context, start_batch * batch_size)
 
     def make(record, element_seed):
         image = preprocess.decode_image(record["image"])
@@ -233,7 +239,7 @@ def student_train_dataset(label_patterns, unlabel_patterns, num_classes: int,
                           input_context=None, seed: Optional[int] = None,
                           use_cache: bool = True, num_train_shards: Optional[int] = None,
                           skip_corrupt: bool = False, skipped=None,
-                          deterministic: bool = True) -> tf.data.Dataset:
+                          deterministic: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """The per-replica training stream of §5.1.
 
     Args:
@@ -248,11 +254,13 @@ def student_train_dataset(label_patterns, unlabel_patterns, num_classes: int,
         means the unlabeled records' stored pseudo labels are the targets.
       input_context: from `strategy.distribute_datasets_from_function`.
       seed: makes file order, shuffling and augmentation reproducible.
+      start_batch: batches of this pipeline already consumed (resuming).
     """
     labeled = labeled_train_dataset(
         label_patterns, num_classes, batch_size, view, input_context=input_context,
         seed=seed, use_cache=use_cache, num_train_shards=num_train_shards,
-        skip_corrupt=skip_corrupt, skipped=skipped, deterministic=deterministic)
+        skip_corrupt=skip_corrupt, skipped=skipped, deterministic=deterministic,
+        start_batch=start_batch)
     if unlabel_ratio == 0:
         return labeled.prefetch(tf.data.AUTOTUNE)
     unlabeled = unlabeled_train_dataset(
@@ -261,5 +269,5 @@ def student_train_dataset(label_patterns, unlabel_patterns, num_classes: int,
         unlabeled_view or view, teacher_view=teacher_view,
         stored_labels=teacher_view is None, input_context=input_context,
         seed=None if seed is None else seed + 1, skip_corrupt=skip_corrupt, skipped=skipped,
-        deterministic=deterministic)
+        deterministic=deterministic, start_batch=start_batch)
     return combine(labeled, unlabeled).prefetch(tf.data.AUTOTUNE)

@@ -175,3 +175,18 @@ def test_imagenet_style_views_and_randaugment_shapes(tmp_path):
     batch = next(iter(ip.labeled_train_dataset(str(tmp_path / "train*"), K, 4, view, seed=0)))
     assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == tf.float32
     assert batch["image"].numpy().max() <= 255.0 and batch["image"].numpy().min() >= 0.0
+
+
+def test_start_batch_resumes_the_exact_stream(data_dir):
+    view = ip.ViewConfig(image_size=32, small_image=True, augment_name="v1", randaug_mag=9)
+
+    def batches(start, n):
+        ds = ip.student_train_dataset(str(data_dir / "train*"),
+                                      str(data_dir / "unlabeled/extra*"), K, 4, view,
+                                      unlabel_ratio=1, seed=5, start_batch=start)
+        return [b for b in ds.take(n).as_numpy_iterator()]
+
+    full, resumed = batches(0, 9), batches(7, 2)  # crosses an epoch of the 24 labeled images
+    for a, b in zip(full[7:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
