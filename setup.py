@@ -26,6 +26,8 @@ setup(
         "gin-config>=0.5,<0.6",
         "numpy>=1.26",
         "h5py>=3.10",
+        # tf.summary scalars need it; TensorFlow 2.21 no longer bundles it.
+        "tensorboard>=2.20",
         # The offline demo data (sklearn's bundled digits) and SVHN .mat files.
         "scikit-learn>=1.4",
         "scipy>=1.11",
@@ -39,6 +41,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "nst-main=nst.main:cli",
             "nst-model-table=nst.models.table_cli:run",
             "nst-convert-checkpoint=nst.models.convert_cli:run",
         ],

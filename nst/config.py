@@ -1,0 +1,323 @@
+"""The one place where absl flags, gin files and defaults meet.
+
+Every setting of `nst.main` is a field of `ExperimentConfig`, named and
+defaulted like the original's flag (spec §2.2, §2.3). The same table defines
+the absl flags, so the two cannot drift apart.
+
+Precedence, lowest to highest:
+  1. the field defaults below (the original's flag defaults, except where
+     the spec calls a default broken — see `DEFAULT_CHANGES`);
+  2. gin bindings, from `--gin_file` (repeatable, in order) then
+     `--gin_param` (repeatable), e.g. `ExperimentConfig.train_batch_size = 128`;
+  3. flags given explicitly on the command line.
+A flag left at its default never overrides gin. Unknown flags and unknown gin
+bindings are errors before any work starts.
+"""
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Dict, List, Optional
+
+import gin
+from absl import flags
+
+from nst import fileio
+
+# Where our defaults deliberately differ from the original's, and why.
+DEFAULT_CHANGES = {
+    "mode": "train_and_eval did nothing in the original; here it trains and evaluates, "
+            "so it stays the default",
+    "use_tpu": "False: the original defaulted to True, but a TPU is only used when --tpu "
+               "names one (or --use_tpu is given)",
+    "use_bfloat16": "False unless on TPU: bfloat16 is slow on CPUs",
+}
+
+
+@gin.configurable
+@dataclasses.dataclass
+class ExperimentConfig:
+    """All settings of a training / eval / predict job (flag names of the original)."""
+    # Task and data
+    task_name: str = "imagenet"
+    label_data_dir: Optional[str] = None
+    unlabel_data_dir: str = ""
+    model_dir: Optional[str] = None
+    num_label_classes: int = 1000
+    num_train_images: Optional[int] = None
+    num_eval_images: Optional[int] = None
+    num_test_images: Optional[int] = None
+    num_train_shards: Optional[int] = None
+    eval_splits: str = "dev,test"
+    # Model
+    model_name: str = "efficientnet-b0"
+    input_image_size: Optional[int] = None
+    small_image_model: bool = False
+    dropout_rate: Optional[float] = None
+    stochastic_depth_rate: Optional[float] = None
+    depth_coefficient: Optional[float] = None
+    width_coefficient: Optional[float] = None
+    # Mode and schedule
+    mode: str = "train_and_eval"
+    train_steps: int = 109474
+    train_ratio: float = 1.0
+    train_last_step_num: int = -1
+    train_batch_size: int = 4096
+    eval_batch_size: int = 8
+    iterations_per_loop: int = 1000
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    log_step_count_steps: int = 64
+    eval_timeout: Optional[int] = None
+    # Optimisation
+    base_learning_rate: float = 0.016
+    final_base_lr: Optional[float] = None
+    moving_average_decay: float = 0.9999
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    # Noisy Student
+    unlabel_ratio: float = 0.0
+    teacher_softmax_temp: float = -1.0
+    teacher_model_name: Optional[str] = None
+    teacher_model_path: Optional[str] = None
+    teacher_image_size: Optional[int] = None
+    label_data_sample_prob: float = 1.0
+    label_mask_normalization: str = "original"
+    # Augmentation
+    augment_name: Optional[str] = None
+    unl_aug: str = "default"
+    randaug_mag: int = 27
+    randaug_layer: int = 2
+    cutout_op: bool = True
+    remove_aug: bool = False
+    randaug_out_of_range: str = "original"
+    # Initialisation
+    init_model: bool = False
+    init_model_path: Optional[str] = None
+    fix_layer_num: int = -1
+    # Hardware
+    use_tpu: bool = False
+    tpu: Optional[str] = None
+    gcp_project: Optional[str] = None
+    tpu_zone: Optional[str] = None
+    master: Optional[str] = None
+    use_bfloat16: bool = False
+    num_shards_per_group: int = -1
+    data_format: str = "channels_last"
+    transpose_input: bool = True
+    use_cache: bool = True
+    skip_host_call: bool = False
+    # Reproducibility and robustness
+    seed: int = 0
+    skip_corrupt: bool = False
+    # Predict mode (§2.3)
+    predict_ckpt_path: str = ""
+    output_dir: str = ""
+    info_dir: str = ""
+    num_shards: int = 128
+    shard_id: str = "0"
+    total_replicas: int = 1
+    worker_id: int = 0
+    reassign_label: bool = False
+    data_type: str = "tfrecord"
+    file_prefix: str = "train"
+    predict_batch_size: int = 256
+
+
+HELP = {
+    "task_name": "imagenet, svhn or digits: normalisation constants and dataset sizes; "
+                 "svhn and digits force 32x32 small-image models with 10 classes",
+    "label_data_dir": "Directory of labeled TFRecords (train*, dev*, test*, validation*)",
+    "unlabel_data_dir": "Unlabeled data; ';'-separated dirs of train*/extra* files",
+    "model_dir": "Checkpoints, summaries, FLAGS.json, eval results",
+    "num_label_classes": "Number of classes K",
+    "num_train_images": "Labeled train set size (counted from the files if unset)",
+    "num_eval_images": "Size of the dev subset (default: the whole split)",
+    "num_test_images": "Size of the test subset (default: the whole split)",
+    "num_train_shards": "Use only the first N sorted labeled training files",
+    "eval_splits": "Comma-separated split prefixes to evaluate (dev, test, validation, ...)",
+    "model_name": "Student architecture, e.g. efficientnet-b0 ... efficientnet-l2",
+    "input_image_size": "Student resolution (default: the model's native one)",
+    "small_image_model": "32x32 variant of EfficientNet",
+    "dropout_rate": "Overrides the model's head dropout",
+    "stochastic_depth_rate": "Overrides the stochastic depth rate (default 0.2)",
+    "depth_coefficient": "Overrides the student's depth multiplier",
+    "width_coefficient": "Overrides the student's width multiplier",
+    "mode": "train, eval, predict or train_and_eval",
+    "train_steps": "Schedule length in steps (before train_ratio)",
+    "train_ratio": "Multiplies train_steps, train_last_step_num and the decay interval",
+    "train_last_step_num": "Train only the last N steps of the schedule (-1: all)",
+    "train_batch_size": "Global labeled batch size",
+    "eval_batch_size": "Eval batch size (every image is evaluated, no remainder dropped)",
+    "iterations_per_loop": "Train steps per tf.function call (host round trip)",
+    "save_checkpoints_steps": "Checkpoint cadence (at least iterations_per_loop)",
+    "keep_checkpoint_max": "Checkpoints retained",
+    "log_step_count_steps": "Unused (progress is logged every iterations_per_loop steps)",
+    "eval_timeout": "eval mode: seconds to wait for a new checkpoint (unset: evaluate once)",
+    "base_learning_rate": "Learning rate per 256 labeled images",
+    "final_base_lr": "Decay so that the per-256 LR reaches this value at the end",
+    "moving_average_decay": "EMA decay; <= 0 disables EMA",
+    "weight_decay": "Coefficient of the L2 term",
+    "label_smoothing": "Label smoothing of labeled and hard pseudo labels",
+    "unlabel_ratio": "r: unlabeled rows per labeled row; 0 = supervised training",
+    "teacher_softmax_temp": "Soft pseudo labels at this temperature; -1 = hard labels",
+    "teacher_model_name": "Online teacher architecture",
+    "teacher_model_path": "Online teacher checkpoint (nst or original, EMA weights)",
+    "teacher_image_size": "Online teacher resolution (default: its native one)",
+    "label_data_sample_prob": "p: Bernoulli mask on labeled losses",
+    "label_mask_normalization": "original (divide by B) or mean (divide by the kept rows)",
+    "augment_name": "None (crop and flip) or v1 (RandAugment)",
+    "unl_aug": "Augmentation of unlabeled images; default = augment_name",
+    "randaug_mag": "RandAugment magnitude M",
+    "randaug_layer": "RandAugment number of ops N",
+    "cutout_op": "Include Cutout among the RandAugment ops",
+    "remove_aug": "Train on eval views (no crop, flip or RandAugment)",
+    "randaug_out_of_range": "original (TF1 integer wraps above M=10) or clamp",
+    "init_model": "Initialise the student from init_model_path (EMA weights)",
+    "init_model_path": "Checkpoint to initialise the student from",
+    "fix_layer_num": "Freeze the stem and the first N blocks (-1: none)",
+    "use_tpu": "Use a Cloud TPU (with --tpu)",
+    "tpu": "Cloud TPU name or grpc address",
+    "gcp_project": "GCP project of the TPU",
+    "tpu_zone": "GCE zone of the TPU",
+    "master": "TensorFlow master address (TPU resolver)",
+    "use_bfloat16": "bfloat16 activations (mixed_bfloat16)",
+    "num_shards_per_group": "Batch-norm group size across replicas (-1 auto, -2 all)",
+    "data_format": "Only channels_last is supported",
+    "transpose_input": "Accepted for compatibility; numerically neutral",
+    "use_cache": "Cache labeled training records in host memory",
+    "skip_host_call": "Skip writing training summaries",
+    "seed": "Seed of file order, shuffling, augmentation and noise",
+    "skip_corrupt": "Skip corrupt records (counted and logged) instead of failing",
+    "predict_ckpt_path": "Checkpoint to predict with (EMA weights)",
+    "output_dir": "Where prediction / reassigned files are written",
+    "info_dir": "Where per-shard image counts (info-*.txt) are written",
+    "num_shards": "Number of input shard files",
+    "shard_id": "Shards to predict: '3', '0,1,2' or '0-9'",
+    "total_replicas": "Split each shard into this many interleaved slices",
+    "worker_id": "Which slice to process",
+    "reassign_label": "Re-label already filtered data",
+    "data_type": "Only tfrecord",
+    "file_prefix": "Input file name prefix",
+    "predict_batch_size": "Predict batch size (the original hard-coded 8)",
+}
+
+MODES = ("train", "eval", "predict", "train_and_eval")
+
+# Per-task defaults (§2.1 step 1-2, §8.1, §9.1).
+TASKS = {
+    "imagenet": dict(num_train_images=1281167, num_eval_images=50000, normalization="imagenet"),
+    "svhn": dict(num_train_images=69257, num_eval_images=4000, num_test_images=26032,
+                 normalization="svhn", small_image=True, num_classes=10, image_size=32),
+    "digits": dict(normalization="svhn", small_image=True, num_classes=10, image_size=32),
+}
+
+
+def _fields():
+    return dataclasses.fields(ExperimentConfig)
+
+
+def _kind(field):
+    """'bool', 'int', 'float' or 'str' for a field typed T or Optional[T]."""
+    kind = field.type
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args:
+        kind = args[0]
+    return {bool: "bool", int: "int", float: "float"}.get(kind, "str")
+
+
+def define_flags():
+    """Defines one absl flag per `ExperimentConfig` field, plus --gin_file/--gin_param."""
+    defined = flags.FLAGS
+    definers = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
+                "float": flags.DEFINE_float, "str": flags.DEFINE_string}
+    for field in _fields():
+        if field.name in defined:
+            continue
+        definers[_kind(field)](field.name, field.default, HELP.get(field.name, ""))
+    if "gin_file" not in defined:
+        flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order")
+    if "gin_param" not in defined:
+        flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. "
+                                  "'ExperimentConfig.train_batch_size = 128'")
+
+
+def explicit_flags(flag_values=None) -> Dict[str, object]:
+    """{field: value} for the config flags the user actually passed."""
+    flag_values = flag_values or flags.FLAGS
+    return {f.name: flag_values[f.name].value for f in _fields()
+            if f.name in flag_values and flag_values[f.name].present}
+
+
+def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
+                 overrides: Optional[Dict[str, object]] = None) -> ExperimentConfig:
+    """Defaults < gin files < gin params < `overrides` (explicit flags).
+
+    Raises:
+      ValueError: an unknown gin binding or override name, or invalid values.
+    """
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+    except (ValueError, KeyError, SyntaxError) as e:
+        raise ValueError(f"Bad gin configuration: {e}") from e
+    config = ExperimentConfig()
+    overrides = dict(overrides or {})
+    names = {f.name for f in _fields()}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"Unknown settings: {sorted(unknown)}")
+    config = dataclasses.replace(config, **overrides)
+    return finalize(config)
+
+
+def finalize(config: ExperimentConfig) -> ExperimentConfig:
+    """Applies task rules (§2.1) and checks values; returns a new config."""
+    if config.mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}, got {config.mode!r}")
+    if config.task_name not in TASKS:
+        raise ValueError(f"--task_name must be one of {sorted(TASKS)}, got {config.task_name!r}")
+    task = TASKS[config.task_name]
+    changes = {}
+    if task.get("small_image"):
+        changes.update(small_image_model=True, num_label_classes=task["num_classes"],
+                       input_image_size=task["image_size"])
+    for key in ("num_train_images", "num_eval_images", "num_test_images"):
+        if getattr(config, key) is None and key in task:
+            changes[key] = task[key]
+    if config.train_last_step_num == -1:
+        changes["train_last_step_num"] = config.train_steps
+    config = dataclasses.replace(config, **changes)
+    if config.train_ratio != 1:
+        config = dataclasses.replace(
+            config, train_steps=int(config.train_steps * config.train_ratio),
+            train_last_step_num=int(config.train_last_step_num * config.train_ratio))
+    if config.data_format != "channels_last":
+        raise ValueError("--data_format: only channels_last is supported")
+    if config.data_type != "tfrecord":
+        raise ValueError("--data_type: only tfrecord is supported")
+    if config.augment_name not in (None, "", "v1"):
+        raise ValueError(f"--augment_name must be empty or v1, got {config.augment_name!r}")
+    if config.unl_aug not in ("default", "", "v1"):
+        raise ValueError(f"--unl_aug must be default, empty or v1, got {config.unl_aug!r}")
+    if config.teacher_model_name and not config.teacher_model_path:
+        raise ValueError("--teacher_model_name needs --teacher_model_path")
+    if config.train_batch_size < 1 or config.iterations_per_loop < 1:
+        raise ValueError("--train_batch_size and --iterations_per_loop must be positive")
+    return config
+
+
+def normalization(config: ExperimentConfig) -> str:
+    return TASKS[config.task_name]["normalization"]
+
+
+def write_effective_config(config: ExperimentConfig, model_dir: str):
+    """Writes FLAGS.json (every setting) and operative_config.gin into `model_dir`."""
+    fileio.atomic_write_json(os.path.join(model_dir, "FLAGS.json"), dataclasses.asdict(config))
+    fileio.atomic_write_text(os.path.join(model_dir, "operative_config.gin"),
+                             gin.operative_config_str() or gin.config_str())
+
+
+def to_json(config: ExperimentConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)

@@ -1,0 +1,99 @@
+"""The training / evaluation binary: `python -m nst.main --mode=...` (console: `nst-main`).
+
+Flags carry the original's names and defaults (spec §2.2); `--gin_file` and
+`--gin_param` bind `ExperimentConfig` fields; explicit flags override gin
+(`nst/config.py` documents the precedence).
+
+  --mode=train            train to the end of the schedule, resuming from model_dir
+  --mode=eval             evaluate the latest checkpoint (EMA weights) on
+                          --eval_splits; with --eval_timeout, keep evaluating
+                          new checkpoints until none arrives for that long
+  --mode=train_and_eval   alternate: train to each checkpoint, evaluate it
+  --mode=predict          teacher predictions (arrives with the pseudo-label stage)
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import nst  # noqa: E402,F401  (pins the Keras backend)
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from nst import config as config_lib  # noqa: E402
+from nst import distribute  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def load_config() -> config_lib.ExperimentConfig:
+    return config_lib.build_config(FLAGS.gin_file, FLAGS.gin_param,
+                                   config_lib.explicit_flags(FLAGS))
+
+
+def make_strategy(config):
+    return distribute.resolve_strategy(tpu=config.tpu, use_tpu=config.use_tpu,
+                                       gcp_project=config.gcp_project,
+                                       tpu_zone=config.tpu_zone, master=config.master)
+
+
+def run(config: config_lib.ExperimentConfig, strategy=None):
+    """Runs one mode of the binary with a finalised config; returns eval results if any."""
+    from nst.train import loop  # deferred: flag parsing should not build TF graphs
+
+    if config.mode == "predict":
+        raise NotImplementedError(
+            "--mode=predict writes pseudo-labelled TFRecords and is part of the "
+            "pseudo-labelling stage, which this version does not include yet")
+    distribute.set_precision(config.use_bfloat16)
+    strategy = strategy or make_strategy(config)
+    logging.info("Strategy: %s", distribute.describe(strategy))
+    tf.io.gfile.makedirs(config.model_dir)
+    config_lib.write_effective_config(config, config.model_dir)
+    trainer = loop.Trainer(config, strategy)
+
+    if config.mode == "train":
+        trainer.prepare()
+        trainer.train()
+        return None
+    if config.mode == "train_and_eval":
+        trainer.prepare()
+        results = {}
+
+        def evaluate(step):
+            results.update(trainer.evaluate_splits(step))
+            logging.info("step %d: %s", step, loop.summarize(results))
+
+        trainer.train(after_save=evaluate)
+        if not results:  # already trained: evaluate the final checkpoint once
+            trainer.restore_latest()
+            evaluate(trainer.step)
+        return results
+    # eval
+    results = {}
+    paths = ([tf.train.latest_checkpoint(config.model_dir)] if config.eval_timeout is None
+             else tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout))
+    for path in paths:
+        if path is None:
+            raise FileNotFoundError(f"No checkpoint to evaluate in {config.model_dir}")
+        step = trainer.restore_latest(path)
+        results = trainer.evaluate_splits(step)
+        logging.info("%s (step %d): %s", path, step, loop.summarize(results))
+        if step >= config.train_last_step_num:
+            break
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(load_config())
+
+
+def cli():
+    config_lib.define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

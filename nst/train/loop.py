@@ -1,0 +1,383 @@
+"""The training loop: `iterations_per_loop` steps of `strategy.run` per call.
+
+    trainer = Trainer(config, strategy)
+    trainer.train()                 # resumes from model_dir if it can
+    trainer.evaluate_splits(step)   # EMA weights, every image of each split
+
+One call of the compiled loop runs up to `iterations_per_loop` steps on the
+devices (the TPU host round trip of the original), then the host logs,
+writes summaries and saves checkpoints. Each replica step is one student
+forward pass over its B labeled + U unlabeled rows, the online teacher (if
+any) on the U unlabeled rows only, the Noisy Student loss plus L2, and a
+TF1-RMSProp update of gradients averaged over replicas; EMA shadows follow
+each update.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from nst import config as config_lib
+from nst import distribute
+from nst.data import input_pipeline as ip
+from nst.data import readers
+from nst.models import group_norm
+from nst.models import saving
+from nst.models.efficientnet import build_model
+from nst.train import checkpoint as ckpt_lib
+from nst.train import evaluate as eval_lib
+from nst.train import objective
+from nst.train.ema import ExponentialMovingAverage
+from nst.train.optimizer import TF1RMSProp
+from nst.train.schedule import NoisyStudentSchedule
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def _checkpoint_exists(path: str) -> bool:
+    if tf.io.gfile.isdir(path):
+        return tf.train.latest_checkpoint(path) is not None
+    return tf.io.gfile.exists(path + ".index") or tf.io.gfile.exists(path)
+
+
+def count_records(patterns) -> int:
+    """Number of records in the files matching `patterns` (one read pass)."""
+    files = readers.list_files(patterns)
+    return int(tf.data.TFRecordDataset(files, num_parallel_reads=8).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+class Trainer:
+    """Student (and optional teacher), optimizer, EMA and checkpoints of one run.
+
+    Args:
+      config: a finalised `ExperimentConfig`.
+      strategy: the `tf.distribute.Strategy` to train under.
+      jit_compile: compile each replica step with XLA (the TPU path compiles
+        anyway; on CPU this is slower and used by the compile tests).
+    """
+
+    def __init__(self, config: config_lib.ExperimentConfig,
+                 strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False):
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.jit_compile = jit_compile
+        if not config.model_dir:
+            raise ValueError("--model_dir is required")
+        if not config.label_data_dir:
+            raise ValueError("--label_data_dir is required")
+        replicas = self.strategy.num_replicas_in_sync
+        self.batch_size = distribute.per_replica_batch_size(config.train_batch_size, self.strategy)
+        self.unlabeled_batch = (ip.unlabeled_batch_size(
+            self.batch_size, config.unlabel_ratio, config.label_data_sample_prob)
+            if config.unlabel_ratio > 0 else 0)
+        self.num_train_images = config.num_train_images or count_records(self._train_files())
+        normalization = config_lib.normalization(config)
+
+        with self.strategy.scope():
+            self.student, self.image_size = build_model(
+                config.model_name, config.num_label_classes,
+                width=config.width_coefficient, depth=config.depth_coefficient,
+                resolution=config.input_image_size, dropout_rate=config.dropout_rate,
+                stochastic_depth_rate=config.stochastic_depth_rate,
+                small_image=config.small_image_model, normalization=normalization,
+                bn_group_size=group_norm.group_size(config.num_shards_per_group, replicas))
+            self.student.freeze_layers(config.fix_layer_num)
+            self.teacher = self._build_teacher(normalization)
+            self.schedule = NoisyStudentSchedule(
+                base_learning_rate=config.base_learning_rate,
+                train_batch_size=config.train_batch_size,
+                num_train_images=self.num_train_images, train_steps=config.train_steps,
+                label_data_sample_prob=config.label_data_sample_prob,
+                train_ratio=config.train_ratio, final_base_lr=config.final_base_lr,
+                train_last_step_num=config.train_last_step_num)
+            self.optimizer = TF1RMSProp(learning_rate=self.schedule)
+            self.optimizer.build(self.student.trainable_variables)
+            self.ema = ExponentialMovingAverage(self.student, config.moving_average_decay)
+        self.checkpoint = ckpt_lib.make_checkpoint(self.student, self.optimizer, self.ema)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoint_max)
+        self._metric_keys = sorted(self._dry_run_metrics())
+        self._loop = None
+        self.skipped = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _train_files(self):
+        return os.path.join(self.config.label_data_dir, "train*")
+
+    def _build_teacher(self, normalization):
+        config = self.config
+        if not config.teacher_model_name:
+            return None
+        if not _checkpoint_exists(config.teacher_model_path):
+            raise FileNotFoundError(f"No teacher checkpoint at --teacher_model_path="
+                                    f"{config.teacher_model_path}")
+        # The teacher keeps its own width, depth and resolution: the original's
+        # overrides leaked into the teacher (§11).
+        teacher, resolution = build_model(
+            config.teacher_model_name, config.num_label_classes,
+            resolution=config.teacher_image_size or (
+                config.input_image_size if config.small_image_model else None),
+            small_image=config.small_image_model, normalization=normalization,
+            name="teacher")
+        report = saving.load_weights(teacher, config.teacher_model_path, use_ema="auto")
+        teacher.trainable = False
+        self.teacher_image_size = resolution
+        logging.info("Teacher %s at %dpx from %s (%d tensors, %d from EMA)",
+                     config.teacher_model_name, resolution, config.teacher_model_path,
+                     report.num_loaded, report.num_from_ema)
+        return teacher
+
+    def _loss_kwargs(self):
+        c = self.config
+        return dict(labeled_batch_size=self.batch_size, unlabel_ratio=c.unlabel_ratio,
+                    label_smoothing=c.label_smoothing, teacher_softmax_temp=c.teacher_softmax_temp,
+                    label_data_sample_prob=c.label_data_sample_prob,
+                    mask_normalization=c.label_mask_normalization)
+
+    def _dry_run_metrics(self) -> Dict[str, float]:
+        """The metric names of one step, from the objective on zeros (eager, cheap)."""
+        k, b, u = self.config.num_label_classes, self.batch_size, self.unlabeled_batch
+        logits = tf.zeros([b + u, k])
+        labels = tf.zeros([b + u], tf.int32)
+        extra = {}
+        if u:
+            if self.teacher is not None:
+                extra["teacher_logits"] = tf.zeros([u, k])
+            else:
+                extra["unl_probs"] = tf.fill([u, k], 1.0 / k)
+        if self.config.label_data_sample_prob < 1:
+            extra["sample_uniform"] = tf.zeros([b])
+        _, metrics = objective.noisy_student_loss(logits, labels, **self._loss_kwargs(), **extra)
+        return dict(metrics, **{"train/loss": 0.0})
+
+    def views(self):
+        """(student view, unlabeled view, teacher view or None)."""
+        c = self.config
+        student = ip.ViewConfig(
+            image_size=self.image_size, small_image=c.small_image_model,
+            augment_name=c.augment_name, randaug_layer=c.randaug_layer,
+            randaug_mag=c.randaug_mag, cutout_op=c.cutout_op, flip=c.task_name != "svhn",
+            remove_aug=c.remove_aug, out_of_range=c.randaug_out_of_range)
+        unlabeled = student if c.unl_aug == "default" else dataclasses.replace(
+            student, augment_name=c.unl_aug or None)
+        teacher = None
+        if self.teacher is not None:
+            teacher = ip.ViewConfig(image_size=self.teacher_image_size,
+                                    small_image=c.small_image_model)
+        return student, unlabeled, teacher
+
+    def train_dataset(self, start_step: int):
+        c = self.config
+        student_view, unlabeled_view, teacher_view = self.views()
+        unlabeled = (readers.list_unlabeled_files(c.unlabel_data_dir)
+                     if c.unlabel_ratio > 0 else None)
+        skipped = readers.SkippedRecords() if c.skip_corrupt else None
+        self.skipped = skipped
+
+        def dataset_fn(context):
+            per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
+            return ip.student_train_dataset(
+                self._train_files(), unlabeled, c.num_label_classes, self.batch_size,
+                student_view, unlabel_ratio=c.unlabel_ratio,
+                label_data_sample_prob=c.label_data_sample_prob,
+                unlabeled_view=unlabeled_view, teacher_view=teacher_view,
+                input_context=context, seed=c.seed, use_cache=c.use_cache,
+                num_train_shards=c.num_train_shards, skip_corrupt=c.skip_corrupt,
+                skipped=skipped, start_batch=start_step * per_pipeline)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # ------------------------------------------------------------------ steps
+
+    def _replica_step(self, batch):
+        c = self.config
+        extra = {}
+        if self.unlabeled_batch:
+            if self.teacher is not None:
+                extra["teacher_logits"] = tf.stop_gradient(tf.cast(
+                    self.teacher(batch["teacher_image"], training=False), tf.float32))
+            else:
+                extra["unl_probs"] = batch["unl_probs"]
+        if c.label_data_sample_prob < 1:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32) + c.seed * 7919,
+                             tf.cast(replica, tf.int32)])
+            extra["sample_uniform"] = tf.random.stateless_uniform([self.batch_size], seed)
+        variables = self.student.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.student(batch["image"], training=True), tf.float32)
+            data_loss, metrics = objective.noisy_student_loss(
+                logits, batch["label"], **self._loss_kwargs(), **extra)
+            loss = data_loss + objective.l2_regularization(variables, c.weight_decay)
+            # Keras optimizers sum gradients over replicas; the original averaged.
+            scaled = loss / self.strategy.num_replicas_in_sync
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        metrics = dict(metrics)
+        metrics["train/loss"] = loss
+        return {k: tf.cast(metrics[k], tf.float32) for k in self._metric_keys}
+
+    def _make_loop(self):
+        replica_step = self._replica_step
+        if self.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True)
+        keys = self._metric_keys
+
+        @tf.function
+        def loop(iterator, steps):
+            totals = {k: tf.constant(0.0) for k in keys}
+            for _ in tf.range(steps):
+                per_replica = self.strategy.run(replica_step, args=(next(iterator),))
+                self.ema.update(self.optimizer.iterations)
+                # A new dict each iteration: AutoGraph tracks rebinding, not item updates.
+                totals = {k: totals[k] + self.strategy.reduce(
+                    tf.distribute.ReduceOp.MEAN, per_replica[k], axis=None) for k in keys}
+            return {k: v / tf.cast(steps, tf.float32) for k, v in totals.items()}
+
+        return loop
+
+    # ------------------------------------------------------------------ train
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def prepare(self) -> bool:
+        """Checks model_dir, writes the model config, resumes or initialises.
+
+        Returns True when training resumes from a checkpoint.
+        """
+        c = self.config
+        ckpt_lib.check_model_dir(self.student, c.model_dir)
+        saving.write_model_config(self.student, c.model_dir)
+        init = c.init_model_path if (c.init_model and not c.teacher_model_name) else None
+        if c.init_model and c.teacher_model_name:
+            logging.warning("--init_model is ignored with an online teacher (the student "
+                            "starts from random weights, as in the original)")
+        resumed = ckpt_lib.restore_or_initialize(self.checkpoint, self.manager, self.student,
+                                                 init)
+        if not resumed and init:
+            self.ema.reset()
+        return resumed
+
+    def train(self, until_step: Optional[int] = None, after_save=None) -> Dict[str, float]:
+        """Trains until `until_step` (default: the end of the schedule).
+
+        `after_save(step)` runs after every checkpoint (train_and_eval uses it
+        to evaluate). Returns the metrics of the last loop call.
+        """
+        c = self.config
+        end = min(until_step or c.train_last_step_num, c.train_last_step_num)
+        save_every = max(c.save_checkpoints_steps, c.iterations_per_loop)
+        step = self.step
+        if step >= end:
+            logging.info("Already trained to step %d (target %d)", step, end)
+            return {}
+        iterator = iter(self.train_dataset(step))
+        if self._loop is None:
+            self._loop = self._make_loop()
+        writer = (None if c.skip_host_call
+                  else tf.summary.create_file_writer(os.path.join(c.model_dir, "train")))
+        metrics = {}
+        images_per_step = (self.batch_size + self.unlabeled_batch) * \
+            self.strategy.num_replicas_in_sync
+        start_time, start_step = time.time(), step
+        while step < end:
+            next_save = (step // save_every + 1) * save_every
+            steps = min(c.iterations_per_loop, next_save - step, end - step)
+            tick = time.time()
+            metrics = {k: float(v) for k, v in
+                       self._loop(iterator, tf.constant(steps, tf.int32)).items()}
+            elapsed = time.time() - tick
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise NonFiniteLossError(
+                    f"Non-finite training metrics between steps {step} and {step + steps}: "
+                    f"{metrics}. Stopped without saving; the last good checkpoint "
+                    f"({self.manager.latest_checkpoint}) is kept.")
+            step = self.step
+            lr = float(self.schedule(step))
+            metrics.update({"train/lr": lr, "train/epoch": float(self.schedule.epoch(step))})
+            rate = steps * images_per_step / max(elapsed, 1e-9)
+            done = (step - start_step) / max(end - start_step, 1)
+            eta = (time.time() - start_time) * (1 - done) / max(done, 1e-9)
+            logging.info("step %d/%d (%.0f%%)  loss %.4f  lr %.3g  %.1f img/s  ETA %s",
+                         step, end, 100 * done, metrics["train/loss"], lr, rate,
+                         time.strftime("%H:%M:%S", time.gmtime(eta)))
+            if writer is not None:
+                with writer.as_default(step=step):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("train/images_per_second", rate)
+                writer.flush()
+            if step % save_every == 0 or step >= end:
+                self.manager.save(checkpoint_number=step)
+                if after_save is not None:
+                    after_save(step)
+        if self.skipped is not None and self.skipped.count:
+            logging.warning("Skipped %d corrupt training records", self.skipped.count)
+        return metrics
+
+    # ------------------------------------------------------------------ eval
+
+    def eval_splits(self):
+        """{split: files} of the requested eval splits that exist."""
+        found = {}
+        for split in [s.strip() for s in self.config.eval_splits.split(",") if s.strip()]:
+            pattern = os.path.join(self.config.label_data_dir, f"{split}*")
+            if tf.io.gfile.glob(pattern):
+                found[split] = pattern
+            else:
+                logging.warning("No files for eval split %r (%s)", split, pattern)
+        if not found:
+            raise FileNotFoundError(
+                f"None of the eval splits {self.config.eval_splits!r} has files in "
+                f"{self.config.label_data_dir}; pass e.g. --eval_splits=validation")
+        return found
+
+    def evaluate_splits(self, step: Optional[int] = None) -> Dict[str, dict]:
+        """Evaluates every eval split with the EMA weights; appends to eval_results.json."""
+        c = self.config
+        step = self.step if step is None else step
+        student_view, _, _ = self.views()
+        results = {}
+        weights = (self.ema.swapped(self.student) if self.ema.enabled
+                   else contextlib.nullcontext())
+        with weights:
+            for split, pattern in self.eval_splits().items():
+                dataset = ip.eval_dataset(pattern, c.num_label_classes, c.eval_batch_size,
+                                          student_view)
+                result = eval_lib.evaluate(self.student, dataset, c.num_label_classes,
+                                           c.label_smoothing)
+                result.update(split=split, global_step=step)
+                eval_lib.append_result(c.model_dir, result)
+                writer = tf.summary.create_file_writer(os.path.join(c.model_dir, f"eval_{split}"))
+                with writer.as_default(step=step):
+                    for k in ("top_1_accuracy", "top_5_accuracy", "loss"):
+                        tf.summary.scalar(k, result[k])
+                writer.flush()
+                results[split] = result
+        return results
+
+    def restore_latest(self, path: Optional[str] = None) -> int:
+        """Loads a checkpoint (default: the latest in model_dir) for evaluation."""
+        path = path or self.manager.latest_checkpoint
+        if path is None:
+            raise FileNotFoundError(f"No checkpoint in {self.config.model_dir}")
+        self.checkpoint.read(path).expect_partial()
+        return self.step
+
+
+def summarize(results: Dict[str, dict]) -> str:
+    return ", ".join(f"{s}: top-1 {r['top_1_accuracy']:.4f} top-5 {r['top_5_accuracy']:.4f}"
+                     for s, r in results.items())
+
