@@ -29,23 +29,26 @@ class EfficientNet(keras.Model):
       image_size: input side in pixels; defaults to `config.resolution`.
         None builds a model that accepts any spatial size.
       name: Keras model name; defaults to the config name.
+      bn_group_size: g, the number of consecutive replicas that share batch-norm
+        training statistics (§5.8, `group_norm.group_size`); 1 (default) =
+        per-replica plain Keras batch norm. Variable names do not depend on it.
 
     Attributes:
       config: the `EfficientNetConfig`.
       block_layers: the MBConv blocks in global order.
     """
 
-    def __init__(self, config, image_size=_DEFAULT, name=None, **kwargs):
+    def __init__(self, config, image_size=_DEFAULT, name=None, bn_group_size=1, **kwargs):
         if isinstance(config, dict):
             config = config_lib.EfficientNetConfig.from_dict(config)
         if image_size is _DEFAULT:
             image_size = config.resolution
         inputs = keras.Input((image_size, image_size, 3), name="images")
         x = Normalize(config.normalization, image_size=image_size, name="normalize")(inputs)
-        x = layers.Stem(config.stem_filters, name="stem")(x)
+        x = layers.Stem(config.stem_filters, bn_group_size=bn_group_size, name="stem")(x)
         for block_args in config.blocks():
-            x = layers.MBConvBlock.from_args(block_args)(x)
-        x = layers.Head(config.head_filters, name="head")(x)
+            x = layers.MBConvBlock.from_args(block_args, bn_group_size=bn_group_size)(x)
+        x = layers.Head(config.head_filters, bn_group_size=bn_group_size, name="head")(x)
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if config.dropout_rate > 0:
             x = keras.layers.Dropout(config.dropout_rate, name="top_dropout")(x)
@@ -58,6 +61,7 @@ class EfficientNet(keras.Model):
                          name=name or config.name, **kwargs)
         self.config = config
         self.image_size = image_size
+        self.bn_group_size = bn_group_size
 
     @property
     def block_layers(self):
@@ -82,7 +86,7 @@ class EfficientNet(keras.Model):
 
     def get_config(self):
         return {"config": self.config.to_dict(), "image_size": self.image_size,
-                "name": self.name}
+                "name": self.name, "bn_group_size": self.bn_group_size}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -107,7 +111,8 @@ def build_model(model: Union[str, config_lib.EfficientNetConfig],
                 stochastic_depth_rate: Optional[float] = None,
                 small_image: bool = False,
                 normalization: Optional[str] = "imagenet",
-                name: Optional[str] = None) -> Tuple[EfficientNet, int]:
+                name: Optional[str] = None,
+                bn_group_size: int = 1) -> Tuple[EfficientNet, int]:
     """Builds an EfficientNet by name (or from a config).
 
     Args:
@@ -118,6 +123,7 @@ def build_model(model: Union[str, config_lib.EfficientNetConfig],
       width, depth, resolution, dropout_rate, stochastic_depth_rate,
         small_image, normalization: see `config.get_config`.
       name: Keras model name.
+      bn_group_size: replicas sharing batch-norm statistics; see `EfficientNet`.
 
     Returns:
       (model, resolution): the Keras model and the resolution S it is meant
@@ -139,5 +145,5 @@ def build_model(model: Union[str, config_lib.EfficientNetConfig],
             resolution=resolution, dropout_rate=dropout_rate,
             stochastic_depth_rate=stochastic_depth_rate, small_image=small_image,
             normalization=normalization)
-    net = EfficientNet(config, image_size=image_size, name=name)
+    net = EfficientNet(config, image_size=image_size, name=name, bn_group_size=bn_group_size)
     return net, config.resolution

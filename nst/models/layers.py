@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from nst.models import config as config_lib
+from nst.models.group_norm import GroupBatchNormalization
 
 
 def conv_kernel_initializer():
@@ -32,10 +33,19 @@ def dense_kernel_initializer():
         scale=1.0 / 3.0, mode="fan_out", distribution="uniform")
 
 
-def batch_norm(name):
-    return keras.layers.BatchNormalization(
-        momentum=config_lib.BATCH_NORM_MOMENTUM,
-        epsilon=config_lib.BATCH_NORM_EPSILON, name=name)
+def batch_norm(name, group_size=1):
+    """Batch norm with momentum 0.99 and epsilon 1e-3 (§5.8).
+
+    `group_size` 1 gives plain `keras.layers.BatchNormalization`
+    (per-replica statistics); g > 1 gives a `GroupBatchNormalization` that
+    shares training statistics among g consecutive replicas. Both have the
+    same variables and names.
+    """
+    kwargs = dict(momentum=config_lib.BATCH_NORM_MOMENTUM,
+                  epsilon=config_lib.BATCH_NORM_EPSILON, name=name)
+    if group_size == 1:
+        return keras.layers.BatchNormalization(**kwargs)
+    return GroupBatchNormalization(group_size=group_size, **kwargs)
 
 
 def conv(filters, kernel_size, name, strides=1, use_bias=False):
@@ -91,13 +101,15 @@ class Stem(keras.layers.Layer):
     """3x3 stride-2 conv -> BN -> swish.
 
     Input `[B, S, S, 3]` normalised pixels; output `[B, ceil(S/2), ceil(S/2), filters]`.
+    `bn_group_size`: replicas sharing BN statistics (`batch_norm`).
     """
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, bn_group_size=1, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
+        self.bn_group_size = bn_group_size
         self.conv = conv(filters, 3, strides=2, name="conv")
-        self.bn = batch_norm("bn")
+        self.bn = batch_norm("bn", bn_group_size)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -112,7 +124,7 @@ class Stem(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters)
+        config.update(filters=self.filters, bn_group_size=self.bn_group_size)
         return config
 
 
@@ -125,11 +137,14 @@ class MBConvBlock(keras.layers.Layer):
 
     Input `[B, H, W, input_filters]`; output
     `[B, ceil(H/stride), ceil(W/stride), output_filters]`.
+    `bn_group_size`: replicas sharing BN statistics (`batch_norm`).
     """
 
     def __init__(self, input_filters, output_filters, expand_ratio, kernel_size,
-                 strides, se_filters, id_skip=True, drop_rate=0.0, **kwargs):
+                 strides, se_filters, id_skip=True, drop_rate=0.0, bn_group_size=1,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.bn_group_size = bn_group_size
         self.input_filters = input_filters
         self.output_filters = output_filters
         self.expand_ratio = expand_ratio
@@ -144,26 +159,26 @@ class MBConvBlock(keras.layers.Layer):
 
         if expand_ratio != 1:
             self.expand_conv = conv(mid, 1, name="expand_conv")
-            self.expand_bn = batch_norm("expand_bn")
+            self.expand_bn = batch_norm("expand_bn", bn_group_size)
         self.depthwise_conv = keras.layers.DepthwiseConv2D(
             kernel_size, strides=self.strides, padding="same", use_bias=False,
             depthwise_initializer=conv_kernel_initializer(), name="depthwise_conv")
-        self.depthwise_bn = batch_norm("depthwise_bn")
+        self.depthwise_bn = batch_norm("depthwise_bn", bn_group_size)
         if se_filters:
             self.se_reduce = conv(se_filters, 1, use_bias=True, name="se_reduce")
             self.se_expand = conv(mid, 1, use_bias=True, name="se_expand")
         self.project_conv = conv(output_filters, 1, name="project_conv")
-        self.project_bn = batch_norm("project_bn")
+        self.project_bn = batch_norm("project_bn", bn_group_size)
         if self.has_residual and drop_rate > 0:
             self.stochastic_depth = StochasticDepth(drop_rate, name="stochastic_depth")
         else:
             self.stochastic_depth = None
 
     @classmethod
-    def from_args(cls, args: config_lib.BlockArgs):
+    def from_args(cls, args: config_lib.BlockArgs, bn_group_size=1):
         return cls(args.input_filters, args.output_filters, args.expand_ratio,
                    args.kernel_size, args.strides, args.se_filters, args.id_skip,
-                   args.drop_rate, name=f"blocks_{args.index}")
+                   args.drop_rate, bn_group_size=bn_group_size, name=f"blocks_{args.index}")
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -208,7 +223,8 @@ class MBConvBlock(keras.layers.Layer):
         config.update(input_filters=self.input_filters, output_filters=self.output_filters,
                       expand_ratio=self.expand_ratio, kernel_size=self.kernel_size,
                       strides=list(self.strides), se_filters=self.se_filters,
-                      id_skip=self.id_skip, drop_rate=self.drop_rate)
+                      id_skip=self.id_skip, drop_rate=self.drop_rate,
+                      bn_group_size=self.bn_group_size)
         return config
 
 
@@ -217,13 +233,15 @@ class Head(keras.layers.Layer):
     """1x1 conv -> BN -> swish, before pooling.
 
     Input `[B, H, W, C_last]`; output `[B, H, W, filters]`.
+    `bn_group_size`: replicas sharing BN statistics (`batch_norm`).
     """
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, bn_group_size=1, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
+        self.bn_group_size = bn_group_size
         self.conv = conv(filters, 1, name="conv")
-        self.bn = batch_norm("bn")
+        self.bn = batch_norm("bn", bn_group_size)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -237,5 +255,5 @@ class Head(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters)
+        config.update(filters=self.filters, bn_group_size=self.bn_group_size)
         return config
