@@ -192,7 +192,8 @@ def keras_reference(tmp_path_factory):
     rng = np.random.default_rng(0)
     keras_model = keras.applications.EfficientNetB0(
         weights=None, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), classifier_activation=None)
-    norm = keras_model.get_layer("normalization")
+    # By type: Keras numbers layer names per session ("normalization_1", ...).
+    norm = next(l for l in keras_model.layers if isinstance(l, keras.layers.Normalization))
     norm.adapt_mean.assign(IMAGENET_MEAN)
     norm.adapt_variance.assign(IMAGENET_STD ** 2)
     norm.count.assign(0)

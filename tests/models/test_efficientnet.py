@@ -418,7 +418,8 @@ def _calibrated_keras_model(constructor, size, images, rng):
     model = constructor(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     # weights=None leaves the Normalization layer at mean 0 / variance 1; give
     # it the ImageNet statistics that the nst model hard-codes.
-    norm = model.get_layer("normalization")
+    # By type: Keras numbers layer names per session ("normalization_1", ...).
+    norm = next(l for l in model.layers if isinstance(l, keras.layers.Normalization))
     norm.set_weights([IMAGENET_MEAN.astype("float32"),
                       (IMAGENET_STD ** 2).astype("float32"), np.array(0, "int64")])
     norm.finalize_state()  # the layer caches mean/variance; set_weights alone is ignored
