@@ -1,0 +1,37 @@
+"""Every shipped gin file parses, binds only known settings and finalises."""
+
+import glob
+import os
+
+import pytest
+
+from nst import config as config_lib
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
+GIN_FILES = sorted(glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True))
+
+
+def test_gin_files_exist():
+    assert len(GIN_FILES) >= 11
+
+
+@pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: os.path.relpath(p, GIN_DIR))
+def test_gin_file_binds_and_finalises(path):
+    overrides = {"teacher_model_path": "/nonexistent/teacher"}
+    config = config_lib.build_config([path], [], overrides)
+    assert config.model_name.startswith("efficientnet-")
+
+
+def test_svhn_online_recipe_values():
+    config = config_lib.build_config([os.path.join(GIN_DIR, "svhn", "student_online.gin")], [],
+                                     {"teacher_model_path": "t"})
+    assert (config.train_batch_size, config.unlabel_ratio, config.randaug_mag) == (128, 5.0, 5)
+    assert config.small_image_model and config.num_label_classes == 10
+    assert config.final_base_lr == 0.0002 and config.teacher_softmax_temp == 1.0
+
+
+def test_imagenet_b7_recipe_values():
+    config = config_lib.build_config([os.path.join(GIN_DIR, "imagenet", "efficientnet-b7.gin")],
+                                     [], {"teacher_model_path": "t"})
+    assert (config.unlabel_ratio, config.augment_name, config.randaug_mag) == (3.0, "v1", 27)
+    assert config.train_steps == 109474
