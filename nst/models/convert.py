@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Dict, List, Optional, Tuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -210,9 +211,12 @@ def load_keras_applications(model, keras_model) -> LoadReport:
             values[our_path] = np.asarray(theirs[their_path].numpy())
         else:
             missing.append(their_path)
-    ignored_prefixes = ("normalization/",)
-    unexpected = sorted(p for p in theirs
-                        if p not in set(name_map.values()) and not p.startswith(ignored_prefixes))
+    # Their input-statistics layer (named "normalization", "normalization_1", ...
+    # depending on the session) is replaced by nst's fixed constants.
+    ignored = {v.path for layer in keras_model.layers
+               if isinstance(layer, keras.layers.Normalization) for v in layer.weights}
+    wanted = set(name_map.values())
+    unexpected = sorted(p for p in theirs if p not in wanted and p not in ignored)
     mismatched = _check_shapes(model, values, name_map.get)
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched,
