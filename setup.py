@@ -42,6 +42,7 @@ setup(
     entry_points={
         "console_scripts": [
             "nst-main=nst.main:cli",
+            "nst-filter-unlabel=nst.filter_unlabel:cli",
             "nst-model-table=nst.models.table_cli:run",
             "nst-convert-checkpoint=nst.models.convert_cli:run",
         ],

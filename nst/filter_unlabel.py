@@ -1,0 +1,156 @@
+"""Filter and class-balance pseudo labels: `python -m nst.filter_unlabel` (spec §2.4, §4).
+
+One invocation runs one step; `--only_get_stats` picks it:
+
+  1  histogram  for --shard_id / --task: prelim_stats_<shard>_<task>.json. The master job
+                (shard 0, task 0) then also runs the reduce if every histogram exists, and
+                otherwise logs which are missing (the original's master behaviour, without
+                its busy-wait: run the shards in any order, e.g. 127 down to 0, or run
+                the reduce yourself afterwards).
+  2  reduce     once: sums all histograms (an error lists missing ones) and writes
+                total_counts*.json, threshold.json, num_image_across_cat.json.
+  0  select     for --shard_id / --task: data/train-<task>-<shard>-of-<num_shards> and
+                stats/stats_<shard>_<task>.json; fails at once if threshold.json is
+                missing. A shard whose stats file exists is skipped. The master job then
+                also finalizes if every shard is done, and otherwise logs which are not.
+  3  finalize   once: stats/final_stats.json (an error lists shards not done yet).
+
+A complete local run over N shards (each line may run in parallel across shards):
+
+  for i in 0..N-1: python -m nst.filter_unlabel --only_get_stats=1 --shard_id=$i ...
+  python -m nst.filter_unlabel --only_get_stats=2 ...
+  for i in 0..N-1: python -m nst.filter_unlabel --only_get_stats=0 --shard_id=$i ...
+  python -m nst.filter_unlabel --only_get_stats=3 ...
+
+Inputs: with --prediction_dir, the original layout (raw shards <input_dir>/<file_prefix>-
+%05d-of-%05d, predictions <prediction_dir>/train-info-%05d-of-%05d-%05d, optional counts in
+<info_dir>); without it, <input_dir>/<file_prefix>-* hold pseudo-labelled records (image,
+image/id, probabilities). Images are joined with predictions by image id in both cases
+(`nst.pseudo.sources`). With --total_replicas=R there are R tasks per shard: task t handles
+worker slice t (records with index mod R == t).
+
+Changes from the original: --task defaults to 0 and must be in [0, total_replicas) (-1
+deadlocked the original); total_label_replicas, debug, data_type and eval_imagenet_p are
+gone (the slice count is checked against --total_replicas); copy counts are seeded per
+image id (--seed) and the output is shuffled with a --shuffle_buffer-record buffer; no
+sample JPEGs are dumped.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import nst  # noqa: E402,F401  (pins the Keras backend)
+from absl import app, flags, logging  # noqa: E402
+
+from nst.pseudo import filter as filter_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+HISTOGRAM, REDUCE, SELECT, FINALIZE = 1, 2, 0, 3
+
+
+def define_flags(flag_values=FLAGS):
+    """Registers the flags on `flag_values` (skipping names another tool already defined)."""
+    def define(kind, name, default, help_text, **kwargs):
+        if name not in flag_values:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text,
+                                              flag_values=flag_values, **kwargs)
+
+    define("string", "input_dir", "", "Unlabeled shard files (raw, or pseudo-labelled).")
+    define("string", "prediction_dir", "",
+           "Directory of train-info-* prediction files; empty: the input records hold "
+           "the predictions.")
+    define("string", "info_dir", "", "Directory of info-*.txt image counts (checked if set).")
+    define("string", "prelim_stats_dir", "",
+           "Per-shard histograms and global totals; default <output_dir>/prelim_stats.")
+    define("string", "output_dir", "", "Output root: data/, stats/, threshold.json.")
+    define("integer", "num_shards", 128, "Number of shards.")
+    define("integer", "only_use_num_shards", -1,
+           "Build thresholds from the first N shards' histograms only (-1 = all).")
+    define("integer", "shard_id", 0, "Shard handled by this process.")
+    define("integer", "task", 0, "Worker slice handled by this process, 0..total_replicas-1.")
+    define("integer", "total_replicas", 1, "Prediction worker slices (= tasks) per shard.")
+    define("integer", "num_image", 1300, "Target number of images per class.")
+    define("float", "min_threshold", 0.0,
+           "Lowest confidence admitted (inclusive); must be on the 0.01 grid.")
+    define("float", "max_prob", 2.0, "Highest confidence admitted (inclusive).")
+    define("integer", "num_label_classes", 1000, "Number of classes K.")
+    define("integer", "upsample", 1, "1: duplicate images of small classes; 0: at most once.")
+    define("integer", "only_get_stats", 0,
+           "Step: 1 histogram, 2 reduce, 0 select, 3 finalize (see the module doc).",
+           lower_bound=0, upper_bound=3)
+    define("string", "file_prefix", "train", "Prefix of the input shard files.")
+    define("integer", "use_top", 1,
+           "1: highest threshold reaching num_image; 0: always min_threshold.")
+    define("boolean", "use_all", False, "Keep every image >= min_threshold once (no balancing).")
+    define("integer", "seed", 12345, "Seeds the per-image copy draw and the output shuffle.",
+           lower_bound=0)
+    define("integer", "shuffle_buffer", 10000,
+           "Records held to shuffle each output file (<= 1: no shuffle).")
+
+
+def config_from_flags(flag_values=FLAGS) -> filter_lib.FilterConfig:
+    f = flag_values
+    return filter_lib.FilterConfig(
+        input_dir=f.input_dir, output_dir=f.output_dir, prediction_dir=f.prediction_dir,
+        info_dir=f.info_dir, prelim_stats_dir=f.prelim_stats_dir, file_prefix=f.file_prefix,
+        num_shards=f.num_shards, total_replicas=f.total_replicas,
+        only_use_num_shards=f.only_use_num_shards, num_label_classes=f.num_label_classes,
+        num_image=f.num_image, min_threshold=f.min_threshold, max_prob=f.max_prob,
+        upsample=bool(f.upsample), use_top=bool(f.use_top), use_all=f.use_all, seed=f.seed,
+        shuffle_buffer=f.shuffle_buffer)
+
+
+def run(flag_values=FLAGS):
+    """Runs the step chosen by --only_get_stats; returns its result (tests use it)."""
+    config = config_from_flags(flag_values)
+    step, shard, task = flag_values.only_get_stats, flag_values.shard_id, flag_values.task
+    if step in (HISTOGRAM, SELECT):
+        config.check_task(shard, task)
+        if not config.input_dir:
+            raise ValueError("--input_dir is required")
+    if step == REDUCE:
+        return filter_lib.reduce_histograms(config)
+    if step == FINALIZE:
+        return filter_lib.finalize_stats(config)
+    master = filter_lib.is_master(shard, task)
+    if step == HISTOGRAM:
+        path = filter_lib.write_shard_histogram(config, shard, task)
+        if master:
+            missing = filter_lib.missing_histograms(config)
+            if not missing:
+                return filter_lib.reduce_histograms(config)
+            logging.warning("Master job: not reducing yet, %d histogram(s) missing (run "
+                            "those shards, then --only_get_stats=2): %s", len(missing),
+                            missing)
+        return path
+    stats = filter_lib.select_shard(config, shard, task)
+    if master:
+        missing = filter_lib.missing_stats(config)
+        if not missing:
+            filter_lib.finalize_stats(config)
+        else:
+            logging.info("Master job: not finalizing yet, %d shard(s) not selected (run "
+                         "them, then --only_get_stats=3): %s", len(missing), missing)
+    return stats
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        run(FLAGS)
+    except (FileNotFoundError, ValueError) as e:  # user-facing: message, no traceback
+        logging.error("%s", e)
+        sys.exit(1)
+
+
+def cli():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

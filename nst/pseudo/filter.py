@@ -1,0 +1,379 @@
+"""The local filter-and-balance stage (spec §4): four steps over files, no polling.
+
+  1. histogram  per (shard, task): `write_shard_histogram` streams the predictions into a
+                K×101 histogram -> <prelim_stats_dir>/prelim_stats_%05d_%d.json
+  2. reduce     once: `reduce_histograms` sums all shard histograms (error naming any
+                missing file) -> <prelim_stats_dir>/total_counts.json, total_counts_sum.json,
+                <output_dir>/threshold.json, num_image_across_cat.json, filter_config.json
+  3. select     per (shard, task): `select_shard` joins images with predictions by id,
+                keeps θ_c <= p <= max_prob, writes each kept image `copies` times, shuffled
+                -> <output_dir>/data/train-%d-%05d-of-%05d (task, shard, num_shards),
+                   <output_dir>/stats/stats_%05d_%d.json = {"<class>": copies written}
+  4. finalize   once: `finalize_stats` (error naming any missing stats file)
+                -> <output_dir>/stats/final_stats.json
+
+Every file is written atomically (temporary name + rename), so a killed step leaves
+either nothing or a complete file; re-running a step redoes exactly the unfinished work.
+A select step whose stats file exists is finished and is skipped; the data file is
+published before the stats file, so an unfinished one is rewritten from scratch — the
+copy counts (seeded per image id) and the shuffle (seeded per shard) make the rewrite
+identical. Memory: a K×101 histogram, the thresholds, one shuffle buffer of serialized
+records and, only when stored prediction ids are out of image order, one hash-join bucket.
+
+The algorithm itself is in `histogram` (buckets, thresholds) and `select` (copy counts,
+shuffling, final statistics) as pure functions; this module adds files and names.
+"""
+
+import contextlib
+import dataclasses
+import json
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from nst import fileio
+from nst.data import schema, writers
+from nst.pseudo import histogram as hist_lib
+from nst.pseudo import select as select_lib
+from nst.pseudo import sources
+
+# Flags whose values the thresholds depend on; `select_shard` refuses to mix them.
+_REDUCE_KEYS = ("num_label_classes", "num_image", "min_threshold", "max_prob", "use_top",
+                "use_all", "num_shards", "total_replicas", "only_use_num_shards")
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    """All settings of the filter (flag names of §2.4 plus `seed`, `shuffle_buffer`).
+
+    prelim_stats_dir defaults to <output_dir>/prelim_stats. upsample: allow more than one
+    copy per image. use_top: pick the highest threshold reaching num_image (else always
+    min_threshold). use_all: keep every image >= min_threshold once. only_use_num_shards:
+    build the thresholds from the first N shards' histograms only (-1 = all); selection
+    still runs on every shard.
+    """
+
+    input_dir: str
+    output_dir: str
+    prediction_dir: str = ""
+    info_dir: str = ""
+    prelim_stats_dir: str = ""
+    file_prefix: str = "train"
+    num_shards: int = 128
+    total_replicas: int = 1
+    only_use_num_shards: int = -1
+    num_label_classes: int = 1000
+    num_image: int = 1300
+    min_threshold: float = 0.0
+    max_prob: float = 2.0
+    upsample: bool = True
+    use_top: bool = True
+    use_all: bool = False
+    seed: int = 12345
+    shuffle_buffer: int = 10000
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("output_dir is required")
+        if self.num_shards < 1 or self.total_replicas < 1 or self.num_label_classes < 1:
+            raise ValueError("num_shards, total_replicas and num_label_classes must be >= 1")
+        if self.num_image < 1:
+            raise ValueError(f"num_image must be >= 1, got {self.num_image}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        hist_lib.grid_index(self.min_threshold)  # off-grid: clear error up front
+        if not self.max_prob > self.min_threshold:
+            raise ValueError(f"max_prob={self.max_prob} must exceed "
+                             f"min_threshold={self.min_threshold}")
+        if not -1 <= self.only_use_num_shards <= self.num_shards \
+                or self.only_use_num_shards == 0:
+            raise ValueError(f"only_use_num_shards must be -1 or 1..num_shards, got "
+                             f"{self.only_use_num_shards}")
+
+    # ----------------------------------------------------------------------- names
+
+    @property
+    def stats_root(self) -> str:
+        return self.prelim_stats_dir or _join(self.output_dir, "prelim_stats")
+
+    @property
+    def layout(self) -> sources.InputLayout:
+        return sources.InputLayout(self.input_dir, self.file_prefix, self.prediction_dir,
+                                   self.info_dir, self.num_shards, self.total_replicas,
+                                   self.num_label_classes)
+
+    def histogram_path(self, shard: int, task: int) -> str:
+        return _join(self.stats_root, f"prelim_stats_{shard:05d}_{task:d}.json")
+
+    def stats_path(self, shard: int, task: int) -> str:
+        return _join(self.output_dir, "stats", f"stats_{shard:05d}_{task:d}.json")
+
+    def data_path(self, shard: int, task: int) -> str:
+        return writers.filtered_path(self.output_dir, task, shard, self.num_shards)
+
+    def path(self, name: str) -> str:
+        """total_counts*.json live in prelim_stats_dir, the rest in output_dir (§3.7)."""
+        if name.startswith("total_counts"):
+            return _join(self.stats_root, name)
+        if name == "final_stats.json":
+            return _join(self.output_dir, "stats", name)
+        return _join(self.output_dir, name)
+
+    def check_task(self, shard: int, task: int):
+        if not 0 <= shard < self.num_shards:
+            raise ValueError(f"shard_id {shard} outside [0, num_shards={self.num_shards})")
+        if not 0 <= task < self.total_replicas:
+            raise ValueError(f"task {task} outside [0, total_replicas={self.total_replicas}); "
+                             f"each shard has one task per prediction worker slice")
+
+    def reduce_settings(self) -> Dict:
+        return {key: getattr(self, key) for key in _REDUCE_KEYS}
+
+    def histogram_shards(self) -> range:
+        return range(self.num_shards if self.only_use_num_shards < 0
+                     else self.only_use_num_shards)
+
+
+_join = sources.join_path
+
+
+def _write_json(path: str, obj, compact: bool = False):
+    tf.io.gfile.makedirs(sources.dirname(path))
+    if compact:  # K×101 pairs: one line instead of ~200K indented ones
+        fileio.atomic_write_text(path, json.dumps(obj, separators=(",", ":")) + "\n")
+    else:
+        fileio.atomic_write_json(path, obj)
+
+
+def _read_json(path: str, what: str):
+    try:
+        return fileio.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def is_master(shard: int, task: int) -> bool:
+    """The original's master job (§4.1): shard 0, task 0."""
+    return shard == 0 and task == 0
+
+
+# --------------------------------------------------------------------------- 1. histogram
+
+
+def compute_shard_histogram(config: FilterConfig, shard: int, task: int) -> np.ndarray:
+    """int64 [K, 101] histogram of (shard, task)'s predictions, streamed batch by batch."""
+    config.check_task(shard, task)
+    total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
+    for probabilities in sources.prediction_batches(config.layout, shard, task):
+        total += hist_lib.probabilities_histogram(probabilities, config.num_label_classes)
+    return total
+
+
+def write_shard_histogram(config: FilterConfig, shard: int, task: int,
+                          overwrite: bool = False) -> str:
+    """Pass 1 for one (shard, task); an existing histogram is kept unless `overwrite`."""
+    path = config.histogram_path(shard, task)
+    if not overwrite and tf.io.gfile.exists(path):
+        logging.info("%s exists: histogram of shard %d task %d already done", path, shard,
+                     task)
+        return path
+    hist = compute_shard_histogram(config, shard, task)
+    _write_json(path, hist_lib.histogram_to_json(hist), compact=True)
+    logging.info("Wrote %s (%d images)", path, int(hist.sum()))
+    return path
+
+
+def missing_histograms(config: FilterConfig) -> List[str]:
+    """Histogram files the reduce step needs that do not exist yet."""
+    return [config.histogram_path(s, t) for s in config.histogram_shards()
+            for t in range(config.total_replicas)
+            if not tf.io.gfile.exists(config.histogram_path(s, t))]
+
+
+def read_shard_histogram(config: FilterConfig, shard: int, task: int) -> np.ndarray:
+    path = config.histogram_path(shard, task)
+    return hist_lib.histogram_from_json(_read_json(path, "Histogram"),
+                                        config.num_label_classes, source=path)
+
+
+# --------------------------------------------------------------------------- 2. reduce
+
+
+def reduce_histograms(config: FilterConfig) -> hist_lib.Thresholds:
+    """Sums every shard histogram and picks the per-class thresholds (§4.2).
+
+    Raises FileNotFoundError listing the missing histogram files (never waits), and
+    ValueError if an existing threshold.json differs from the recomputed one (stale
+    output of another run: the selected shards would not match).
+    """
+    missing = missing_histograms(config)
+    if missing:
+        raise FileNotFoundError(
+            f"Cannot reduce: {len(missing)} shard histogram(s) missing; run "
+            f"--only_get_stats=1 for those shards/tasks first: {missing}")
+    total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
+    for shard in config.histogram_shards():
+        for task in range(config.total_replicas):
+            total += read_shard_histogram(config, shard, task)
+    thresholds = hist_lib.choose_thresholds(total, config.num_image, config.min_threshold,
+                                            config.max_prob, config.use_top, config.use_all)
+    threshold_path = config.path("threshold.json")
+    if tf.io.gfile.exists(threshold_path):
+        # A re-run may rewrite identical files; anything else would mix two selections.
+        restart = (f"Delete {config.output_dir} (and its prelim stats) to start over, or "
+                   f"use another --output_dir.")
+        _check_settings(config, f"The existing {threshold_path} was", restart)
+        old = hist_lib.Thresholds.from_json(_read_json(threshold_path, "Thresholds"),
+                                            config.num_label_classes, threshold_path)
+        if old != thresholds:
+            raise ValueError(f"{threshold_path} exists but differs from the thresholds "
+                             f"recomputed from the current histograms. {restart}")
+    _write_json(config.path("total_counts.json"),
+                hist_lib.histogram_to_json(total, omit_empty=False), compact=True)
+    _write_json(config.path("total_counts_sum.json"),
+                hist_lib.histogram_to_json(hist_lib.cumulative_from_top(total),
+                                           omit_empty=False), compact=True)
+    _write_json(config.path("filter_config.json"), config.reduce_settings())
+    _write_json(config.path("num_image_across_cat.json"),
+                {"num_image_acorss_cat": thresholds.num_image_across_cat(config.num_image)})
+    # threshold.json last: its existence tells the select step that the reduce is done.
+    _write_json(threshold_path, thresholds.to_json())
+    logging.info("Wrote %s: %d images over %d classes", threshold_path, int(total.sum()),
+                 config.num_label_classes)
+    return thresholds
+
+
+def _check_settings(config: FilterConfig, what: str, advice: str = ""):
+    """ValueError if filter_config.json holds other threshold-relevant settings."""
+    path = config.path("filter_config.json")
+    if not tf.io.gfile.exists(path):  # e.g. thresholds made by the original tool
+        return
+    saved = _read_json(path, "Filter settings")
+    changed = {k: (saved.get(k), v) for k, v in config.reduce_settings().items()
+               if saved.get(k) != v}
+    if changed:
+        raise ValueError(f"{what} computed with other settings ({path}; saved vs now: "
+                         f"{changed}). {advice}".rstrip())
+
+
+def load_thresholds(config: FilterConfig) -> hist_lib.Thresholds:
+    """threshold.json of the reduce step; errors at once if it is absent or was made
+    with other settings."""
+    path = config.path("threshold.json")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: run the reduce step first (--only_get_stats=2 once "
+            f"all shard histograms of --only_get_stats=1 exist)")
+    _check_settings(config, f"The thresholds in {path} were")
+    return hist_lib.Thresholds.from_json(_read_json(path, "Thresholds"),
+                                         config.num_label_classes, path)
+
+
+# --------------------------------------------------------------------------- 3. select
+
+
+def _expanded(items, selector: select_lib.Selector, counts: np.ndarray):
+    """Joined items -> serialized output records, each repeated `copies` times.
+    Adds the copies to counts [K]. Serialized once per image: copies share the bytes."""
+    for item in items:
+        label, conf, copies = selector.copies_for(item.probabilities, item.image_id)
+        if copies == 0:
+            continue
+        record = schema.encode_pseudo_labeled(
+            item.image, item.probabilities, label=label, prob=float(conf),
+            true_label=item.true_label if item.true_label >= 0 else None,
+            image_id=item.image_id)
+        counts[label] += copies
+        for _ in range(copies):
+            yield record
+
+
+def _write_selection(config: FilterConfig, shard: int, task: int, items,
+                     selector: select_lib.Selector) -> np.ndarray:
+    """Writes the data file of (shard, task) atomically; returns copies per class [K].
+    No file when nothing is kept (as the original); a stale one is removed."""
+    counts = np.zeros(config.num_label_classes, np.int64)
+    path = config.data_path(shard, task)
+    with contextlib.closing(items):
+        records = select_lib.shuffled(_expanded(items, selector, counts),
+                                      config.shuffle_buffer,
+                                      select_lib.shard_rng(config.seed, shard, task))
+        first = next(records, None)
+        if first is None:
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.remove(path)
+            return counts
+        with writers.ShardWriter(path) as writer:
+            writer.write(first)
+            for record in records:
+                writer.write(record)
+    return counts
+
+
+def _expected_records(config: FilterConfig, shard: int, task: int) -> Optional[int]:
+    path = config.histogram_path(shard, task)
+    return int(read_shard_histogram(config, shard, task).sum()) \
+        if tf.io.gfile.exists(path) else None
+
+
+def select_shard(config: FilterConfig, shard: int, task: int,
+                 thresholds: Optional[hist_lib.Thresholds] = None) -> Optional[Dict[str, int]]:
+    """Pass 2 for one (shard, task): writes its data and stats files.
+
+    Returns {"<class>": copies written}, or None if the stats file already existed (the
+    shard is finished and left alone).
+    """
+    config.check_task(shard, task)
+    stats_path = config.stats_path(shard, task)
+    if tf.io.gfile.exists(stats_path):
+        logging.info("%s exists: shard %d task %d already selected", stats_path, shard, task)
+        return None
+    if thresholds is None:
+        thresholds = load_thresholds(config)
+    selector = select_lib.Selector(thresholds, config.num_image, max_prob=config.max_prob,
+                                   use_all=config.use_all, upsample=config.upsample,
+                                   seed=config.seed)
+    layout = config.layout
+    try:
+        counts = _write_selection(config, shard, task,
+                                  sources.joined_items(layout, shard, task), selector)
+    except sources.PredictionOrderMismatch as e:
+        logging.info("Predictions of shard %d task %d are not in image order (%s); "
+                     "joining by id through temporary bucket files", shard, task, e)
+        items = sources.joined_items(layout, shard, task, method="partition",
+                                     tmp_dir=_join(config.output_dir, ".tmp"),
+                                     expected_records=_expected_records(config, shard, task))
+        counts = _write_selection(config, shard, task, items, selector)
+    stats = select_lib.counts_to_json(counts)
+    _write_json(stats_path, stats)
+    logging.info("Wrote %s (%d records) and %s", config.data_path(shard, task),
+                 int(counts.sum()), stats_path)
+    return stats
+
+
+# --------------------------------------------------------------------------- 4. finalize
+
+
+def missing_stats(config: FilterConfig) -> List[str]:
+    """Per-shard stats files of every (shard, task) that do not exist yet."""
+    return [config.stats_path(s, t) for s in range(config.num_shards)
+            for t in range(config.total_replicas)
+            if not tf.io.gfile.exists(config.stats_path(s, t))]
+
+
+def finalize_stats(config: FilterConfig) -> Dict:
+    """Sums all per-shard stats into stats/final_stats.json (§4.5); FileNotFoundError
+    listing the missing stats files (never waits)."""
+    missing = missing_stats(config)
+    if missing:
+        raise FileNotFoundError(
+            f"Cannot finalize: {len(missing)} shard(s) not selected yet; run "
+            f"--only_get_stats=0 for them first: {missing}")
+    per_shard = [_read_json(config.stats_path(s, t), "Stats")
+                 for s in range(config.num_shards) for t in range(config.total_replicas)]
+    final = select_lib.final_stats(per_shard, config.num_label_classes)
+    _write_json(config.path("final_stats.json"), final)
+    logging.info("Wrote %s: %d records", config.path("final_stats.json"), final["total_cnt"])
+    return final

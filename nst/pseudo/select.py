@@ -1,0 +1,152 @@
+"""Per-image selection and copy counts (spec §4.3), output shuffling, final statistics (§4.5).
+
+Pure functions of their arguments — no file I/O, no global RNG — so that a Beam pipeline
+can reuse them and so that the result does not depend on how images are split into shards
+or workers:
+
+* an image of class c with confidence p (float32, compared in float64 as in §4.2) is kept
+  iff thresholds[c] <= p <= max_prob;
+* its copy ratio is x = num_image / total_c (use_all: 1; upsample off: min(x, 1));
+* its copy count is floor(x) + [u < x - floor(x)], u = `uniform_from_id(seed, image_id)`,
+  a uniform number in [0, 1) derived from a keyed hash of the id alone. The original drew u
+  from NumPy's unseeded global RNG, so its output was not reproducible (§11).
+Expected copies per class: x · total_c = num_image (both when thinning and duplicating).
+"""
+
+import hashlib
+import math
+from typing import Dict, Iterable, Iterator, Mapping, TypeVar
+
+import numpy as np
+
+from nst.pseudo.histogram import Thresholds, check_confidences
+
+T = TypeVar("T")
+_INV_2_53 = 1.0 / (1 << 53)
+
+
+def uniform_from_id(seed: int, image_id) -> float:
+    """A uniform float in [0, 1) that depends only on (seed, image_id).
+
+    BLAKE2b keyed with the seed, 53 bits of the digest -> a float64 grid of 2^-53 (every
+    value exactly representable, so the draw is platform independent).
+    """
+    if isinstance(image_id, str):
+        image_id = image_id.encode("utf-8")
+    digest = hashlib.blake2b(bytes(image_id), digest_size=8,
+                             key=str(int(seed)).encode("ascii")).digest()
+    return (int.from_bytes(digest, "little") >> 11) * _INV_2_53
+
+
+def copy_ratio(total: int, num_image: int, use_all: bool = False,
+               upsample: bool = True) -> float:
+    """Expected copies x of each admitted image of a class with `total` admitted images.
+
+    total == 0 with an admitted image needs a confidence exactly equal to a `max_prob` on
+    the grid (it is admitted, p <= max_prob, but its bucket is not counted, GRID[j] <
+    max_prob fails, §4.2). The original divides by zero there; we keep such an image once.
+    """
+    if use_all or total <= 0:
+        return 1.0
+    x = num_image / total
+    return x if upsample else min(x, 1.0)
+
+
+def copy_count(ratio: float, u: float) -> int:
+    """Stochastic rounding: floor(ratio) + (1 if u < ratio - floor(ratio) else 0)."""
+    whole = math.floor(ratio)
+    return whole + (1 if u < ratio - whole else 0)
+
+
+class Selector:
+    """Copy counts of images under fixed thresholds (one per filter run).
+
+    Args:
+      thresholds: per-class `Thresholds` from the reduce step (K classes).
+      num_image: target images per class. max_prob: upper confidence bound (inclusive).
+      use_all: keep every admitted image exactly once. upsample: allow more than one copy.
+      seed: int, keys the per-image draw.
+    """
+
+    def __init__(self, thresholds: Thresholds, num_image: int, *, max_prob: float = 2.0,
+                 use_all: bool = False, upsample: bool = True, seed: int = 0):
+        self.thresholds = np.asarray(thresholds.thresholds, np.float64)
+        self.ratios = np.array([copy_ratio(int(n), num_image, use_all, upsample)
+                                for n in thresholds.totals], np.float64)
+        self.max_prob = float(max_prob)
+        self.seed = int(seed)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.thresholds)
+
+    def admitted(self, label: int, confidence) -> bool:
+        """thresholds[label] <= confidence <= max_prob, in float64 of the float32 value."""
+        p = float(np.float32(confidence))  # float64 of the stored float32, as §4.2
+        return self.thresholds[label] <= p <= self.max_prob
+
+    def copies(self, label: int, confidence, image_id) -> int:
+        """Number of records to write for one image (0 = dropped)."""
+        if not self.admitted(label, confidence):
+            return 0
+        return copy_count(float(self.ratios[label]), uniform_from_id(self.seed, image_id))
+
+    def copies_for(self, probabilities: np.ndarray, image_id):
+        """probabilities [K] -> (label, confidence float32, copies)."""
+        probabilities = np.asarray(probabilities, np.float32)
+        label = int(np.argmax(probabilities))
+        conf = probabilities[label]
+        check_confidences(np.array([conf]), f"confidence of image {image_id!r}")
+        return label, conf, self.copies(label, conf, image_id)
+
+
+def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator) -> Iterator[T]:
+    """Yields `items` in a random order using at most `buffer_size` of them in memory.
+
+    Same scheme as `tf.data.Dataset.shuffle`: once the buffer is full, each new item
+    replaces a uniformly chosen buffered one, which is emitted; the rest is emitted in a
+    random order at the end. Duplicates written back to back therefore spread over about
+    `buffer_size` records (the original shuffled disjoint 10K chunks, §11).
+    buffer_size <= 1 keeps the input order.
+    """
+    if buffer_size <= 1:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(buffer_size))
+        yield buffer[i]
+        buffer[i] = item
+    for i in rng.permutation(len(buffer)):
+        yield buffer[i]
+
+
+def final_stats(shard_counts: Iterable[Mapping[str, int]], num_classes: int) -> Dict:
+    """Per-shard {"<class>": copies} dicts -> `final_stats.json` content (§4.5).
+
+    {"cat_count": {class: copies} for all K classes, "cat_sorted_pairs": [[class, count]]
+    by descending count (ties by class id), "total_cnt": Σ}.
+    """
+    totals = np.zeros(num_classes, np.int64)
+    for counts in shard_counts:
+        for key, n in counts.items():
+            totals[int(key)] += int(n)
+    pairs = sorted(((str(c), int(n)) for c, n in enumerate(totals)),
+                   key=lambda kv: (-kv[1], int(kv[0])))
+    return {"cat_count": {c: n for c, n in pairs},
+            "cat_sorted_pairs": [[c, n] for c, n in pairs],
+            "total_cnt": int(totals.sum())}
+
+
+def counts_to_json(counts: np.ndarray) -> Dict[str, int]:
+    """int [K] copies per class -> {"<class>": n} for classes with n > 0 (stats_*.json)."""
+    return {str(c): int(n) for c, n in enumerate(np.asarray(counts)) if n > 0}
+
+
+def shard_rng(seed: int, shard: int, task: int) -> np.random.Generator:
+    """The output-shuffle RNG of one (shard, task): reproducible, independent per shard.
+    seed, shard, task must be >= 0."""
+    return np.random.default_rng([int(seed), int(shard), int(task)])

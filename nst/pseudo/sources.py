@@ -1,0 +1,418 @@
+"""The filter's input for one (shard, task), and the join of images with predictions by id.
+
+Two layouts (chosen by whether `prediction_dir` is set):
+
+  pseudo-labelled  <input_dir>/<file_prefix>-%05d-of-%05d (shard, num_shards): every record
+                   holds the image, its `image/id` and the teacher `probabilities` (schema
+                   `pseudo_labeled`, or `unlabeled` with probabilities). No join needed.
+  separate         the original layout (§3.3, §3.4):
+                   images       <input_dir>/<file_prefix>-%05d-of-%05d   (schema `unlabeled`)
+                   predictions  <prediction_dir>/train-info-%05d-of-%05d-%05d (shard, -, worker)
+                   counts       <info_dir>/info-%05d-of-%05d-%05d.txt, {"image_num": N}
+                                (checked when `info_dir` is set)
+
+Slicing (§3.4): with R = total_replicas, task t handles the image records whose index i in
+the shard file has i mod R == t, and the prediction file of worker t.
+
+Ids: an image's id is its stored `image/id`, else `<image file basename>:<record index>`
+(what `nst.data.readers` derives). A prediction's id is its stored `image/id`. An original
+prediction has none: record k of worker t's file belongs to image record k·R + t, i.e. it
+is joined by that position. (A stored id equal to the reader's derived one,
+`train-info-...:<k>`, counts as absent.)
+
+Join (pass 2): images and predictions are streamed side by side (memory O(1)). Counts
+must agree, and a prediction that stores an id must store the id of its partner. If the
+stored ids are in another order, `PredictionOrderMismatch` is raised; the caller then
+restarts with `method="partition"`, an external hash join: both streams are written to
+`num_buckets` temporary TFRecord files by hash(id) and joined bucket by bucket, holding one
+bucket's predictions in memory (about `JOIN_BUCKET_BYTES`). Any id without a partner, a
+duplicate id, or a count different from the info file is a ValueError naming the files.
+"""
+
+import dataclasses
+import math
+import os
+import posixpath
+import uuid
+import zlib
+from typing import Dict, Iterator, List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from nst.data import schema, writers
+from nst import fileio
+
+BATCH_SIZE = 256
+JOIN_BUCKET_BYTES = 128 << 20  # probability vectors held per bucket of the hash join
+MAX_JOIN_BUCKETS = 1024
+
+
+class PredictionOrderMismatch(Exception):
+    """Stored prediction ids are not in image order (the hash join handles this)."""
+
+
+class Item(NamedTuple):
+    """One image joined with its prediction."""
+
+    image_id: str  # stored image/id, else '<image file basename>:<record index>'
+    image: bytes  # encoded image, unchanged
+    true_label: int  # 0-based true class if the image record stores one, else -1
+    probabilities: np.ndarray  # float32 [K] teacher distribution
+
+
+@dataclasses.dataclass(frozen=True)
+class InputLayout:
+    """Where the filter's inputs are (module doc). num_classes = K."""
+
+    input_dir: str
+    file_prefix: str = "train"
+    prediction_dir: str = ""
+    info_dir: str = ""
+    num_shards: int = 128
+    total_replicas: int = 1
+    num_classes: int = 1000
+
+    @property
+    def separate_predictions(self) -> bool:
+        return bool(self.prediction_dir)
+
+    def image_path(self, shard: int) -> str:
+        return _join(self.input_dir, writers.shard_name(self.file_prefix, shard,
+                                                        self.num_shards))
+
+    def prediction_path(self, shard: int, worker: int) -> str:
+        return _join(self.prediction_dir, writers.prediction_name(shard, self.num_shards,
+                                                                  worker))
+
+    def info_path(self, shard: int, worker: int) -> Optional[str]:
+        if not self.info_dir:
+            return None
+        return _join(self.info_dir, writers.info_name(shard, self.num_shards, worker))
+
+
+def join_path(*parts: str) -> str:
+    """os.path.join, but '/' for URLs such as gs://bucket/dir."""
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path) if "://" in path else os.path.dirname(path)
+
+
+def _basename(path: str) -> str:
+    return posixpath.basename(path) if "://" in path else os.path.basename(path)
+
+
+_join = join_path
+
+
+def _require(path: str, what: str):
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _batches(path: str, record_format: str, layout: InputLayout, task: Optional[int],
+             batch_size: int = BATCH_SIZE) -> Iterator[Dict[str, np.ndarray]]:
+    """Numpy batches of one file's parsed records (schema features + `index` int64 [n]);
+    with `task` set, only the records whose index mod total_replicas == task.
+
+    A plain TFRecordDataset + `schema` parse rather than `readers.read_examples`: that
+    reader's per-file set-up costs about 1.5 s of graph building, paid here once per file
+    per step (thousands of times for a large run) for a single file read in order. Bad
+    records still raise a ValueError naming the file and record index; a record the
+    parser cannot decode at all (or broken framing) names the file and the last good index.
+    """
+    fmt = schema.get_format(record_format)
+    dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20).enumerate()
+    if task is not None and layout.total_replicas > 1:
+        replicas = layout.total_replicas
+        dataset = dataset.filter(lambda index, _: tf.equal(index % replicas, task))
+
+    def parse(index, serialized):
+        features, problems = fmt.parse_checked(serialized, layout.num_classes, path, index)
+        return dict(features, index=index, problem=problems)
+
+    iterator = dataset.batch(batch_size).map(parse).prefetch(2).as_numpy_iterator()
+    last = -1
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            raise ValueError(f"Cannot read {path} after record {last}: a record that is not "
+                             f"a {fmt.name} Example (or stores a key with another type), or "
+                             f"a truncated/corrupted file. {e.message}") from None
+        problems = batch.pop("problem")
+        bad = problems != b""
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ValueError(f"Bad {fmt.name} record {int(batch['index'][i])} in {path}: "
+                             f"{problems[i].decode('utf-8', 'replace')}")
+        last = int(batch["index"][-1])
+        yield batch
+
+
+def _rows(batches) -> Iterator[Dict]:
+    for batch in batches:
+        for i in range(len(batch["index"])):
+            yield {key: value[i] for key, value in batch.items()}
+
+
+def _check_pseudo_labelled(batch, path: str):
+    missing = ~batch["has_pseudo_label"]
+    if np.any(missing):
+        index = int(batch["index"][int(np.argmax(missing))])
+        raise ValueError(
+            f"Record {index} of {path} holds no teacher probabilities (missing or all "
+            f"zero). Without --prediction_dir every input record must be pseudo-labelled; "
+            f"for raw images plus train-info-* predictions set --prediction_dir.")
+
+
+def _stored_id(prediction: Dict, basename: str) -> str:
+    value = prediction["id"].decode("utf-8")
+    return "" if value == f"{basename}:{int(prediction['index'])}" else value
+
+
+def info_count(layout: InputLayout, shard: int, task: int) -> Optional[int]:
+    """`image_num` of the info file of (shard, worker=task), or None without info_dir."""
+    path = layout.info_path(shard, task)
+    if path is None:
+        return None
+    _require(path, "Info file")
+    try:
+        return int(fileio.read_json(path)["image_num"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"Info file {path} is not {{\"image_num\": N}}: {e}") from None
+
+
+def _check_info(layout: InputLayout, shard: int, task: int, count: int, what: str):
+    expected = info_count(layout, shard, task)
+    if expected is not None and expected != count:
+        raise ValueError(f"Count mismatch: info file {layout.info_path(shard, task)} says "
+                         f"image_num={expected}, but {what} holds {count} records")
+
+
+def check_slices(layout: InputLayout, shard: int):
+    """Separate layout: prediction files of workers 0..R-1 exist and no worker R
+    (the original asserted the same, probing only powers of two, §4.1)."""
+    if not layout.separate_predictions:
+        return
+    missing = [layout.prediction_path(shard, w) for w in range(layout.total_replicas)
+               if not tf.io.gfile.exists(layout.prediction_path(shard, w))]
+    if missing:
+        raise FileNotFoundError(f"Missing prediction files for shard {shard} "
+                                f"(--total_replicas={layout.total_replicas}): {missing}")
+    extra = layout.prediction_path(shard, layout.total_replicas)
+    if tf.io.gfile.exists(extra):
+        raise ValueError(f"{extra} exists: the predictions have more worker slices than "
+                         f"--total_replicas={layout.total_replicas}")
+
+
+def prediction_batches(layout: InputLayout, shard: int, task: int) -> Iterator[np.ndarray]:
+    """Pass 1 input: float32 [n, K] probability batches of (shard, task)'s images."""
+    check_slices(layout, shard)
+    if not layout.separate_predictions:
+        path = layout.image_path(shard)
+        _require(path, "Input shard")
+        for batch in _batches(path, "unlabeled", layout, task):
+            _check_pseudo_labelled(batch, path)
+            yield batch["probabilities"]
+        return
+    path = layout.prediction_path(shard, task)
+    count = 0
+    for batch in _batches(path, "prediction", layout, None):
+        count += len(batch["index"])
+        yield batch["probabilities"]
+    _check_info(layout, shard, task, count, path)
+
+
+# --------------------------------------------------------------------------- joining
+
+
+def joined_items(layout: InputLayout, shard: int, task: int, *, method: str = "stream",
+                 tmp_dir: Optional[str] = None,
+                 expected_records: Optional[int] = None) -> Iterator[Item]:
+    """Pass 2 input: every image of (shard, task) with its prediction, in image order
+    (`method="stream"`) or grouped by hash bucket (`"partition"`, needs `tmp_dir`;
+    `expected_records` sizes the buckets, default: counted from the predictions).
+
+    Raises PredictionOrderMismatch (stream only) and ValueError as in the module doc.
+    Close the generator when stopping early so that the hash join's temporaries go.
+    """
+    check_slices(layout, shard)
+    image_path = layout.image_path(shard)
+    _require(image_path, "Input shard")
+    if not layout.separate_predictions:
+        for batch in _batches(image_path, "unlabeled", layout, task):
+            _check_pseudo_labelled(batch, image_path)
+            for row in _rows([batch]):
+                yield Item(row["id"].decode("utf-8"), row["image"], int(row["true_label"]),
+                           row["probabilities"])
+        return
+    if method == "stream":
+        yield from _stream_join(layout, shard, task)
+    elif method == "partition":
+        if tmp_dir is None:
+            raise ValueError("method='partition' needs tmp_dir")
+        yield from _partition_join(layout, shard, task, tmp_dir, expected_records)
+    else:
+        raise ValueError(f"method must be 'stream' or 'partition', got {method!r}")
+
+
+def _slice_text(layout: InputLayout, task: int) -> str:
+    if layout.total_replicas == 1:
+        return ""
+    return f" (records with index mod {layout.total_replicas} == {task})"
+
+
+def _count_error(layout, shard, task, image_path, num_images, pred_path, num_preds):
+    return ValueError(
+        f"Count mismatch for shard {shard}, task {task}: {image_path}"
+        f"{_slice_text(layout, task)} holds {num_images} images but {pred_path} holds "
+        f"{num_preds} predictions")
+
+
+def _stream_join(layout: InputLayout, shard: int, task: int) -> Iterator[Item]:
+    image_path = layout.image_path(shard)
+    pred_path = layout.prediction_path(shard, task)
+    pred_base = _basename(pred_path)
+    images = _rows(_batches(image_path, "unlabeled", layout, task))
+    predictions = _rows(_batches(pred_path, "prediction", layout, None))
+    n = 0
+    for image in images:
+        prediction = next(predictions, None)
+        if prediction is None:
+            raise _count_error(layout, shard, task, image_path, n + 1 + sum(1 for _ in images),
+                               pred_path, n)
+        # Positional partner of prediction n of worker `task` (§3.4).
+        if int(image["index"]) != n * layout.total_replicas + task:
+            raise RuntimeError(f"reader slicing broke the positional join at {image_path} "
+                               f"record {int(image['index'])}")
+        image_id = image["id"].decode("utf-8")
+        stored = _stored_id(prediction, pred_base)
+        if stored and stored != image_id:
+            raise PredictionOrderMismatch(
+                f"record {n} of {pred_path} has image/id {stored!r} but its positional "
+                f"partner, record {int(image['index'])} of {image_path}, has {image_id!r}")
+        yield Item(image_id, image["image"], int(image["true_label"]),
+                   prediction["probabilities"])
+        n += 1
+    if next(predictions, None) is not None:
+        raise _count_error(layout, shard, task, image_path, n, pred_path,
+                           n + 1 + sum(1 for _ in predictions))
+    _check_info(layout, shard, task, n, f"{image_path}{_slice_text(layout, task)}")
+
+
+def num_join_buckets(num_records: int, num_classes: int,
+                     bucket_bytes: int = JOIN_BUCKET_BYTES) -> int:
+    """Buckets so that one bucket's float32 [K] vectors take about `bucket_bytes`."""
+    return int(min(MAX_JOIN_BUCKETS, max(1, math.ceil(num_records * 4 * num_classes
+                                                      / bucket_bytes))))
+
+
+def _bucket(image_id: str, num_buckets: int) -> int:
+    return zlib.crc32(image_id.encode("utf-8")) % num_buckets
+
+
+def _pack(image_id: str, index: int, image: bytes = b"", true_label: int = -1,
+          probabilities=None) -> bytes:
+    feature = {
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "true_label": tf.train.Feature(int64_list=tf.train.Int64List(value=[true_label])),
+    }
+    if probabilities is not None:
+        feature["probabilities"] = tf.train.Feature(float_list=tf.train.FloatList(
+            value=np.asarray(probabilities, np.float32).tolist()))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _unpack(serialized: bytes):
+    f = tf.train.Example.FromString(serialized).features.feature
+    probabilities = np.array(f["probabilities"].float_list.value, np.float32) \
+        if "probabilities" in f else None
+    return (f["id"].bytes_list.value[0].decode("utf-8"), int(f["index"].int64_list.value[0]),
+            f["image"].bytes_list.value[0], int(f["true_label"].int64_list.value[0]),
+            probabilities)
+
+
+def _scatter(rows, paths: List[str]):
+    """Writes (bucket, serialized) pairs into the bucket files `paths`."""
+    files = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for bucket, serialized in rows:
+            files[bucket].write(serialized)
+    finally:
+        for f in files:
+            f.close()
+
+
+def _records(path: str) -> Iterator[bytes]:
+    yield from tf.data.TFRecordDataset(path).as_numpy_iterator()
+
+
+def _partition_join(layout: InputLayout, shard: int, task: int, tmp_dir: str,
+                    expected_records: Optional[int]) -> Iterator[Item]:
+    image_path = layout.image_path(shard)
+    pred_path = layout.prediction_path(shard, task)
+    pred_base = _basename(pred_path)
+    if expected_records is None:
+        expected_records = sum(len(b["index"]) for b in _batches(pred_path, "prediction",
+                                                                 layout, None))
+    num_buckets = num_join_buckets(expected_records, layout.num_classes)
+    work = _join(tmp_dir, f"join-{shard:05d}-{task}-{uuid.uuid4().hex}")
+    tf.io.gfile.makedirs(work)
+    pred_files = [_join(work, f"pred-{b:05d}") for b in range(num_buckets)]
+    image_files = [_join(work, f"image-{b:05d}") for b in range(num_buckets)]
+    try:
+        def predictions():
+            for row in _rows(_batches(pred_path, "prediction", layout, None)):
+                stored = _stored_id(row, pred_base)
+                if not stored:
+                    raise ValueError(
+                        f"Record {int(row['index'])} of {pred_path} stores no image/id, but "
+                        f"the predictions that do are not in the order of {image_path}; "
+                        f"predictions without ids must follow the image order")
+                yield _bucket(stored, num_buckets), _pack(stored, int(row["index"]),
+                                                          probabilities=row["probabilities"])
+
+        def images():
+            for row in _rows(_batches(image_path, "unlabeled", layout, task)):
+                image_id = row["id"].decode("utf-8")
+                yield _bucket(image_id, num_buckets), _pack(
+                    image_id, int(row["index"]), row["image"], int(row["true_label"]))
+
+        _scatter(predictions(), pred_files)
+        _scatter(images(), image_files)
+        n = 0
+        for pred_file, image_file in zip(pred_files, image_files):
+            table = {}
+            for serialized in _records(pred_file):
+                image_id, index, _, _, probabilities = _unpack(serialized)
+                if image_id in table:
+                    raise ValueError(f"Duplicate image/id {image_id!r} in {pred_path} "
+                                     f"(records {table[image_id][0]} and {index})")
+                table[image_id] = (index, probabilities)
+            for serialized in _records(image_file):
+                image_id, index, image, true_label, _ = _unpack(serialized)
+                entry = table.pop(image_id, None)
+                if entry is None:
+                    raise ValueError(
+                        f"Image {image_id!r} (record {index} of {image_path}) has no "
+                        f"prediction in {pred_path}, or its id is duplicated in the images")
+                yield Item(image_id, image, true_label, entry[1])
+                n += 1
+            if table:
+                raise ValueError(
+                    f"{len(table)} predictions in {pred_path} have no image in {image_path}"
+                    f"{_slice_text(layout, task)}, e.g. ids {sorted(table)[:5]}")
+        _check_info(layout, shard, task, n, f"{image_path}{_slice_text(layout, task)}")
+    finally:
+        if tf.io.gfile.exists(work):
+            tf.io.gfile.rmtree(work)
