@@ -21,6 +21,7 @@ import typing
 from typing import Dict, List, Optional
 
 import gin
+import tensorflow as tf
 from absl import flags
 
 from nst import fileio
@@ -227,25 +228,33 @@ def _kind(field):
     return {bool: "bool", int: "int", float: "float"}.get(kind, "str")
 
 
-def define_flags():
-    """Defines one absl flag per `ExperimentConfig` field, plus --gin_file/--gin_param."""
-    defined = flags.FLAGS
+def define_flags(flag_values=None):
+    """Defines one absl flag per `ExperimentConfig` field, plus --gin_file/--gin_param.
+
+    Args:
+      flag_values: the `absl.flags.FlagValues` to define them in (default:
+        the global `flags.FLAGS`); already defined names are skipped.
+    """
+    defined = flags.FLAGS if flag_values is None else flag_values
     definers = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
                 "float": flags.DEFINE_float, "str": flags.DEFINE_string}
     for field in _fields():
         if field.name in defined:
             continue
-        definers[_kind(field)](field.name, field.default, HELP.get(field.name, ""))
+        definers[_kind(field)](field.name, field.default, HELP.get(field.name, ""),
+                               flag_values=defined)
     if "gin_file" not in defined:
-        flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order")
+        flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order",
+                                  flag_values=defined)
     if "gin_param" not in defined:
         flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. "
-                                  "'ExperimentConfig.train_batch_size = 128'")
+                                  "'ExperimentConfig.train_batch_size = 128'",
+                                  flag_values=defined)
 
 
 def explicit_flags(flag_values=None) -> Dict[str, object]:
     """{field: value} for the config flags the user actually passed."""
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     return {f.name: flag_values[f.name].value for f in _fields()
             if f.name in flag_values and flag_values[f.name].present}
 
@@ -259,10 +268,16 @@ def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
     """
     gin.clear_config()
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
-    except (ValueError, KeyError, SyntaxError) as e:
-        raise ValueError(f"Bad gin configuration: {e}") from e
-    config = ExperimentConfig()
+        try:
+            gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+        except (ValueError, KeyError, SyntaxError) as e:
+            raise ValueError(f"Bad gin configuration: {e}") from e
+        config = ExperimentConfig()
+    finally:
+        # The bindings live in gin's global state; left in place, they would
+        # silently become the defaults of every later `ExperimentConfig(...)`
+        # in the process (and of a second build_config's unbound fields).
+        gin.clear_config()
     overrides = dict(overrides or {})
     names = {f.name for f in _fields()}
     unknown = set(overrides) - names
@@ -274,6 +289,7 @@ def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
 
 def finalize(config: ExperimentConfig) -> ExperimentConfig:
     """Applies task rules (§2.1) and checks values; returns a new config."""
+    settings = dataclasses.replace(config)
     if config.mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {config.mode!r}")
     if config.task_name not in TASKS:
@@ -305,6 +321,10 @@ def finalize(config: ExperimentConfig) -> ExperimentConfig:
         raise ValueError("--teacher_model_name needs --teacher_model_path")
     if config.train_batch_size < 1 or config.iterations_per_loop < 1:
         raise ValueError("--train_batch_size and --iterations_per_loop must be positive")
+    # What the user asked for, before the rules above: `write_effective_config`
+    # records it as gin, so that replaying the file repeats the run (finalize
+    # is not idempotent: train_ratio scales the steps each time).
+    object.__setattr__(config, "_settings", settings)
     return config
 
 
@@ -312,11 +332,29 @@ def normalization(config: ExperimentConfig) -> str:
     return TASKS[config.task_name]["normalization"]
 
 
+def gin_bindings(config: ExperimentConfig) -> str:
+    """Every field of `config` as `ExperimentConfig.<field> = <value>` gin lines."""
+    return "".join(f"ExperimentConfig.{f.name} = {getattr(config, f.name)!r}\n"
+                   for f in _fields())
+
+
 def write_effective_config(config: ExperimentConfig, model_dir: str):
-    """Writes FLAGS.json (every setting) and operative_config.gin into `model_dir`."""
+    """Writes FLAGS.json and operative_config.gin into `model_dir`.
+
+    FLAGS.json holds every setting as the run uses it (after `finalize`).
+    operative_config.gin holds every setting as requested (defaults < gin <
+    explicit flags, before `finalize`), so `--gin_file=<model_dir>/operative_config.gin`
+    repeats the run; for a config that did not come from `finalize` it holds
+    the config's own values.
+    """
+    tf.io.gfile.makedirs(model_dir)
     fileio.atomic_write_json(os.path.join(model_dir, "FLAGS.json"), dataclasses.asdict(config))
+    settings = getattr(config, "_settings", config)
+    header = ("# Settings of this run: defaults < gin files < gin params < explicit flags,\n"
+              "# before the task rules and train_ratio scaling of nst.config.finalize\n"
+              "# (FLAGS.json holds the values after them). Replay with --gin_file.\n")
     fileio.atomic_write_text(os.path.join(model_dir, "operative_config.gin"),
-                             gin.operative_config_str() or gin.config_str())
+                             header + gin_bindings(settings))
 
 
 def to_json(config: ExperimentConfig) -> str:

@@ -39,25 +39,31 @@ def make_strategy(config):
 
 def run(config: config_lib.ExperimentConfig, strategy=None):
     """Runs one mode of the binary with a finalised config; returns eval results if any."""
-    from nst.train import loop  # deferred: flag parsing should not build TF graphs
+    # Deferred: flag parsing should not build TF graphs.
+    from nst.train import checkpoint as ckpt_lib
+    from nst.train import loop
 
     if config.mode == "predict":
         raise NotImplementedError(
             "--mode=predict writes pseudo-labelled TFRecords and is part of the "
             "pseudo-labelling stage, which this version does not include yet")
+    if not config.model_dir:
+        raise ValueError("--model_dir is required")
     distribute.set_precision(config.use_bfloat16)
     strategy = strategy or make_strategy(config)
     logging.info("Strategy: %s", distribute.describe(strategy))
-    tf.io.gfile.makedirs(config.model_dir)
-    config_lib.write_effective_config(config, config.model_dir)
     trainer = loop.Trainer(config, strategy)
 
-    if config.mode == "train":
+    if config.mode in ("train", "train_and_eval"):
+        # prepare() first: it refuses a model_dir of another architecture
+        # before this run's settings replace that run's FLAGS.json.
         trainer.prepare()
+        if trainer.is_chief:
+            config_lib.write_effective_config(config, config.model_dir)
+    if config.mode == "train":
         trainer.train()
         return None
     if config.mode == "train_and_eval":
-        trainer.prepare()
         results = {}
 
         def evaluate(step):
@@ -65,11 +71,12 @@ def run(config: config_lib.ExperimentConfig, strategy=None):
             logging.info("step %d: %s", step, loop.summarize(results))
 
         trainer.train(after_save=evaluate)
-        if not results:  # already trained: evaluate the final checkpoint once
+        if not results and trainer.is_chief:  # already trained: evaluate the final checkpoint once
             trainer.restore_latest()
             evaluate(trainer.step)
         return results
-    # eval
+    # eval: the training run's FLAGS.json is left alone.
+    ckpt_lib.check_model_dir(trainer.student, config.model_dir)
     results = {}
     paths = ([tf.train.latest_checkpoint(config.model_dir)] if config.eval_timeout is None
              else tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout))
@@ -81,6 +88,9 @@ def run(config: config_lib.ExperimentConfig, strategy=None):
         logging.info("%s (step %d): %s", path, step, loop.summarize(results))
         if step >= config.train_last_step_num:
             break
+    if not results:
+        logging.warning("No checkpoint arrived in %s within --eval_timeout=%s s",
+                        config.model_dir, config.eval_timeout)
     return results
 
 

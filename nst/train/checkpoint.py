@@ -65,16 +65,23 @@ def check_model_dir(model, model_dir: str):
 
 
 def restore_or_initialize(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
-                          model, init_model_path: Optional[str] = None) -> bool:
+                          model, init_model_path: Optional[str] = None,
+                          directory: Optional[str] = None) -> bool:
     """Resumes from the latest checkpoint, else initialises from `init_model_path`.
+
+    The latest checkpoint is looked up in `directory` (default: the
+    manager's), so that multi-worker non-chiefs, which save into a scratch
+    directory, resume from the chief's checkpoints.
 
     Returns True when training resumed. Initialisation loads the EMA weights
     of `init_model_path` (nst or original format) into every student weight,
     frozen layers included (the original skipped those, §5.9).
     """
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s", manager.latest_checkpoint)
+    latest = (tf.train.latest_checkpoint(directory) if directory is not None
+              else manager.latest_checkpoint)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s", latest)
         return True
     if init_model_path:
         report = saving.load_weights(model, init_model_path, use_ema="auto")

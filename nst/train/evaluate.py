@@ -8,6 +8,7 @@ caller swaps them in (`ExponentialMovingAverage.swapped`).
 import json
 import os
 import time
+import weakref
 from typing import Dict
 
 import numpy as np
@@ -15,6 +16,38 @@ import tensorflow as tf
 from absl import logging
 
 from nst import fileio
+
+
+# One traced function per (model, K, smoothing): every evaluation of a
+# train_and_eval run reuses it instead of tracing the model again.
+_BATCH_STATS = weakref.WeakKeyDictionary()
+
+
+def _batch_stats_fn(model, num_classes: int, label_smoothing: float, image_spec, label_spec):
+    functions = _BATCH_STATS.setdefault(model, {})
+    # Any batch size: one trace serves full and partial batches alike.
+    specs = (tf.TensorSpec([None] + list(image_spec.shape[1:]), image_spec.dtype),
+             tf.TensorSpec([None], label_spec.dtype))
+    key = (num_classes, label_smoothing) + specs
+    if key in functions:
+        return functions[key]
+    k = min(5, num_classes)
+    # A weak reference: the cache entry must not keep its own key alive.
+    model_ref = weakref.ref(model)
+
+    @tf.function(input_signature=specs)
+    def batch_stats(images, labels):
+        logits = tf.cast(model_ref()(images, training=False), tf.float32)
+        onehot = tf.one_hot(labels, num_classes)
+        if label_smoothing:
+            onehot = onehot * (1 - label_smoothing) + label_smoothing / num_classes
+        loss = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
+        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        top5 = tf.cast(tf.nn.in_top_k(labels, logits, k), tf.float32)
+        return tf.reduce_sum(top1), tf.reduce_sum(top5), tf.reduce_sum(loss), tf.shape(labels)[0]
+
+    functions[key] = batch_stats
+    return batch_stats
 
 
 def evaluate(model, dataset: tf.data.Dataset, num_classes: int,
@@ -25,19 +58,9 @@ def evaluate(model, dataset: tf.data.Dataset, num_classes: int,
       {"top_1_accuracy", "top_5_accuracy", "loss" (mean cross-entropy with
       `label_smoothing`, no L2 term), "num_images"}.
     """
-    k = min(5, num_classes)
-
-    @tf.function(reduce_retracing=True)
-    def batch_stats(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        onehot = tf.one_hot(labels, num_classes)
-        if label_smoothing:
-            onehot = onehot * (1 - label_smoothing) + label_smoothing / num_classes
-        loss = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
-        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        top5 = tf.cast(tf.nn.in_top_k(labels, logits, k), tf.float32)
-        return tf.reduce_sum(top1), tf.reduce_sum(top5), tf.reduce_sum(loss), tf.shape(labels)[0]
-
+    spec = dataset.element_spec
+    batch_stats = _batch_stats_fn(model, num_classes, float(label_smoothing),
+                                  spec["image"], spec["label"])
     totals = np.zeros(4)
     for batch in dataset:
         totals += [float(v) for v in batch_stats(batch["image"], batch["label"])]

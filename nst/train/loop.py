@@ -20,6 +20,7 @@ import os
 import time
 from typing import Dict, Optional
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -27,9 +28,10 @@ from nst import config as config_lib
 from nst import distribute
 from nst.data import input_pipeline as ip
 from nst.data import readers
+from nst.models import config as model_config_lib
 from nst.models import group_norm
 from nst.models import saving
-from nst.models.efficientnet import build_model
+from nst.models.efficientnet import EfficientNet, build_model
 from nst.train import checkpoint as ckpt_lib
 from nst.train import evaluate as eval_lib
 from nst.train import objective
@@ -46,6 +48,20 @@ def _checkpoint_exists(path: str) -> bool:
     if tf.io.gfile.isdir(path):
         return tf.train.latest_checkpoint(path) is not None
     return tf.io.gfile.exists(path + ".index") or tf.io.gfile.exists(path)
+
+
+def _stored_model_config(path: str):
+    """(EfficientNetConfig, image_size) from the `model_config.json` beside an nst
+    checkpoint (`path` a directory or a checkpoint prefix), or None."""
+    directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+    if not tf.io.gfile.exists(os.path.join(directory, saving.CONFIG_FILE)):
+        return None
+    return saving.read_model_config(directory)
+
+
+def _task_id(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", 0) or 0)
 
 
 def count_records(patterns) -> int:
@@ -74,13 +90,18 @@ class Trainer:
             raise ValueError("--model_dir is required")
         if not config.label_data_dir:
             raise ValueError("--label_data_dir is required")
+        # Initial weights and the noise layers' seeds follow --seed, so that two
+        # runs with one seed (e.g. an interrupted and an uninterrupted one, or
+        # every worker of a multi-worker job) start from the same weights.
+        keras.utils.set_random_seed(config.seed)
         replicas = self.strategy.num_replicas_in_sync
         self.batch_size = distribute.per_replica_batch_size(config.train_batch_size, self.strategy)
         self.unlabeled_batch = (ip.unlabeled_batch_size(
             self.batch_size, config.unlabel_ratio, config.label_data_sample_prob)
             if config.unlabel_ratio > 0 else 0)
-        self.num_train_images = config.num_train_images or count_records(self._train_files())
+        self.num_train_images = self._num_train_images()
         normalization = config_lib.normalization(config)
+        self.is_chief = bool(self.strategy.extended.should_checkpoint)
 
         with self.strategy.scope():
             self.student, self.image_size = build_model(
@@ -103,8 +124,13 @@ class Trainer:
             self.optimizer.build(self.student.trainable_variables)
             self.ema = ExponentialMovingAverage(self.student, config.moving_average_decay)
         self.checkpoint = ckpt_lib.make_checkpoint(self.student, self.optimizer, self.ema)
+        # Every worker of a multi-worker job must take part in a save, but only
+        # the chief writes to model_dir; the others write to a scratch
+        # directory that is deleted after each save.
+        self._save_dir = config.model_dir if self.is_chief else os.path.join(
+            config.model_dir, f".worker_{_task_id(self.strategy)}_tmp")
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, config.model_dir, max_to_keep=config.keep_checkpoint_max)
+            self.checkpoint, self._save_dir, max_to_keep=config.keep_checkpoint_max)
         self._metric_keys = sorted(self._dry_run_metrics())
         self._loop = None
         self.skipped = None
@@ -114,21 +140,50 @@ class Trainer:
     def _train_files(self):
         return os.path.join(self.config.label_data_dir, "train*")
 
+    def _num_train_images(self) -> int:
+        c = self.config
+        if c.num_train_images:
+            return c.num_train_images
+        if c.mode == "eval" and not tf.io.gfile.glob(self._train_files()):
+            # Only the LR schedule needs it, and eval does not train: an eval
+            # job may run where only the eval splits are.
+            return 1
+        return count_records(self._train_files())
+
     def _build_teacher(self, normalization):
         config = self.config
-        if not config.teacher_model_name:
-            return None
+        if not config.teacher_model_name or config.mode == "eval":
+            return None  # eval never runs the teacher (the original built it for nothing)
         if not _checkpoint_exists(config.teacher_model_path):
             raise FileNotFoundError(f"No teacher checkpoint at --teacher_model_path="
                                     f"{config.teacher_model_path}")
-        # The teacher keeps its own width, depth and resolution: the original's
-        # overrides leaked into the teacher (§11).
-        teacher, resolution = build_model(
-            config.teacher_model_name, config.num_label_classes,
-            resolution=config.teacher_image_size or (
-                config.input_image_size if config.small_image_model else None),
-            small_image=config.small_image_model, normalization=normalization,
-            name="teacher")
+        resolution = config.teacher_image_size or (
+            config.input_image_size if config.small_image_model else None)
+        stored = _stored_model_config(config.teacher_model_path)
+        if stored is None:
+            # The teacher keeps its table width, depth and resolution: the
+            # original's overrides leaked into the teacher (§11).
+            teacher, resolution = build_model(
+                config.teacher_model_name, config.num_label_classes, resolution=resolution,
+                small_image=config.small_image_model, normalization=normalization,
+                name="teacher")
+        else:
+            # An nst checkpoint says which network it holds (including width and
+            # depth overrides it was trained with): build exactly that one.
+            teacher_config, stored_size = stored
+            expected = model_config_lib.get_config(config.teacher_model_name).name
+            if teacher_config.name != expected:
+                raise ValueError(
+                    f"--teacher_model_name={config.teacher_model_name} but the checkpoint at "
+                    f"--teacher_model_path={config.teacher_model_path} holds "
+                    f"{teacher_config.name}")
+            if teacher_config.num_classes != config.num_label_classes:
+                raise ValueError(
+                    f"The teacher at --teacher_model_path={config.teacher_model_path} predicts "
+                    f"{teacher_config.num_classes} classes but the data has "
+                    f"{config.num_label_classes} (--num_label_classes / --task_name)")
+            resolution = resolution or stored_size or teacher_config.resolution
+            teacher = EfficientNet(teacher_config, image_size=resolution, name="teacher")
         report = saving.load_weights(teacher, config.teacher_model_path, use_ema="auto")
         teacher.trainable = False
         self.teacher_image_size = resolution
@@ -259,16 +314,25 @@ class Trainer:
         """
         c = self.config
         ckpt_lib.check_model_dir(self.student, c.model_dir)
-        saving.write_model_config(self.student, c.model_dir)
+        if self.is_chief:
+            saving.write_model_config(self.student, c.model_dir)
         init = c.init_model_path if (c.init_model and not c.teacher_model_name) else None
         if c.init_model and c.teacher_model_name:
             logging.warning("--init_model is ignored with an online teacher (the student "
                             "starts from random weights, as in the original)")
         resumed = ckpt_lib.restore_or_initialize(self.checkpoint, self.manager, self.student,
-                                                 init)
+                                                 init, directory=c.model_dir)
         if not resumed and init:
-            self.ema.reset()
+            self._reset_ema()
         return resumed
+
+    def _reset_ema(self):
+        """Sets every EMA shadow to its weight's current value (after init_model)."""
+        if not self.ema.enabled:
+            return
+        weights = saving.variables_by_path(self.student)
+        for path, shadow in self.ema.shadows_by_path().items():
+            shadow.assign(tf.cast(weights[path].value, shadow.dtype))
 
     def train(self, until_step: Optional[int] = None, after_save=None) -> Dict[str, float]:
         """Trains until `until_step` (default: the end of the schedule).
@@ -277,7 +341,8 @@ class Trainer:
         to evaluate). Returns the metrics of the last loop call.
         """
         c = self.config
-        end = min(until_step or c.train_last_step_num, c.train_last_step_num)
+        end = (c.train_last_step_num if until_step is None
+               else min(until_step, c.train_last_step_num))
         save_every = max(c.save_checkpoints_steps, c.iterations_per_loop)
         step = self.step
         if step >= end:
@@ -286,7 +351,7 @@ class Trainer:
         iterator = iter(self.train_dataset(step))
         if self._loop is None:
             self._loop = self._make_loop()
-        writer = (None if c.skip_host_call
+        writer = (None if c.skip_host_call or not self.is_chief
                   else tf.summary.create_file_writer(os.path.join(c.model_dir, "train")))
         metrics = {}
         images_per_step = (self.batch_size + self.unlabeled_batch) * \
@@ -303,7 +368,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"Non-finite training metrics between steps {step} and {step + steps}: "
                     f"{metrics}. Stopped without saving; the last good checkpoint "
-                    f"({self.manager.latest_checkpoint}) is kept.")
+                    f"({tf.train.latest_checkpoint(c.model_dir)}) is kept.")
             step = self.step
             lr = float(self.schedule(step))
             metrics.update({"train/lr": lr, "train/epoch": float(self.schedule.epoch(step))})
@@ -320,12 +385,20 @@ class Trainer:
                     tf.summary.scalar("train/images_per_second", rate)
                 writer.flush()
             if step % save_every == 0 or step >= end:
-                self.manager.save(checkpoint_number=step)
-                if after_save is not None:
+                self.save(step)
+                if after_save is not None and self.is_chief:
                     after_save(step)
         if self.skipped is not None and self.skipped.count:
             logging.warning("Skipped %d corrupt training records", self.skipped.count)
         return metrics
+
+    def save(self, step: int) -> str:
+        """Writes a checkpoint; every worker must call it (only the chief's is kept)."""
+        tf.io.gfile.makedirs(self._save_dir)
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self._save_dir)
+        return path
 
     # ------------------------------------------------------------------ eval
 
@@ -349,11 +422,12 @@ class Trainer:
         c = self.config
         step = self.step if step is None else step
         student_view, _, _ = self.views()
+        splits = self.eval_splits()
         results = {}
         weights = (self.ema.swapped(self.student) if self.ema.enabled
                    else contextlib.nullcontext())
         with weights:
-            for split, pattern in self.eval_splits().items():
+            for split, pattern in splits.items():
                 dataset = ip.eval_dataset(pattern, c.num_label_classes, c.eval_batch_size,
                                           student_view)
                 result = eval_lib.evaluate(self.student, dataset, c.num_label_classes,
@@ -370,7 +444,7 @@ class Trainer:
 
     def restore_latest(self, path: Optional[str] = None) -> int:
         """Loads a checkpoint (default: the latest in model_dir) for evaluation."""
-        path = path or self.manager.latest_checkpoint
+        path = path or tf.train.latest_checkpoint(self.config.model_dir)
         if path is None:
             raise FileNotFoundError(f"No checkpoint in {self.config.model_dir}")
         self.checkpoint.read(path).expect_partial()
