@@ -51,14 +51,14 @@ def matmul_gflops(n=2048, repeats=10):
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def ours(size, labeled, unlabeled, steps, tmp):
+def ours(size, labeled, unlabeled, steps, tmp, jit_compile=False):
     k = 10
     config = config_lib.finalize(config_lib.ExperimentConfig(
         model_name="efficientnet-b0", num_label_classes=k, input_image_size=size,
         label_data_dir=tmp, model_dir=os.path.join(tmp, f"ours{size}"), num_train_images=50000,
         train_batch_size=labeled, unlabel_ratio=unlabeled / labeled, teacher_softmax_temp=1.0,
         iterations_per_loop=steps, mode="train"))
-    trainer = loop.Trainer(config)
+    trainer = loop.Trainer(config, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     batch = {
         "image": tf.constant(rng.uniform(0, 255, (labeled + unlabeled, size, size, 3)),
@@ -77,11 +77,12 @@ def ours(size, labeled, unlabeled, steps, tmp):
     return steps * (labeled + unlabeled) / (time.perf_counter() - start)
 
 
-def keras_fit(size, batch, steps):
+def keras_fit(size, batch, steps, jit_compile="auto"):
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3),
                                               classes=10)
     model.compile(optimizer=keras.optimizers.RMSprop(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
+                  jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, batch)
@@ -103,12 +104,19 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         for size, labeled, unlabeled, steps in ((32, 16, 48, FLAGS.steps_32),
                                                 (224, 4, 12, FLAGS.steps_224)):
-            rate = ours(size, labeled, unlabeled, steps, tmp)
-            reference = keras_fit(size, labeled + unlabeled, steps)
             config = model_config.get_config("efficientnet-b0", num_classes=10, resolution=size)
-            gflops = 3 * flops.model_cost(config, size).flops * rate / 1e9
-            print(f"| {size}x{size} | {labeled} + {unlabeled} | {rate:.1f} | {reference:.1f} | "
-                  f"{rate / reference:.2f} | {gflops:.1f} | {gflops / peak:.1%} |")
+            forward = flops.model_cost(config, size).flops
+            # Keras' default jit_compile="auto" compiles fit with XLA; compare
+            # like with like as well as against the default.
+            for jit in (False, True):
+                rate = ours(size, labeled, unlabeled, steps, tmp, jit_compile=jit)
+                reference = keras_fit(size, labeled + unlabeled, steps,
+                                      jit_compile="auto" if jit else False)
+                gflops = 3 * forward * rate / 1e9
+                label = "XLA (ours jit_compile=True, keras auto)" if jit else "no XLA (both)"
+                print(f"| {size}x{size}, {label} | {labeled} + {unlabeled} | {rate:.1f} | "
+                      f"{reference:.1f} | {rate / reference:.2f} | {gflops:.1f} | "
+                      f"{gflops / peak:.1%} |")
 
 
 if __name__ == "__main__":
