@@ -30,7 +30,8 @@ def variables_by_path(model):
     return {v.path: v for v in model.weights}
 
 
-def _unescape(name: str) -> str:
+def unescape_object_name(name: str) -> str:
+    """Undoes tf.train's escaping of an object name ('blocks_0.Sbn' -> 'blocks_0/bn')."""
     # tf.train escapes '/' as '.S' and '.' as '..' in object names.
     out, i = [], 0
     while i < len(name):
@@ -47,7 +48,7 @@ def checkpoint_group(path: str, group: str):
     """{variable path: shape} of one group (`model`, `ema`) of an nst checkpoint."""
     shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
     prefix = group + "/"
-    return {_unescape(k[len(prefix):-len(_VALUE_SUFFIX)]): tuple(s)
+    return {unescape_object_name(k[len(prefix):-len(_VALUE_SUFFIX)]): tuple(s)
             for k, s in shapes.items()
             if k.startswith(prefix) and k.endswith(_VALUE_SUFFIX)}
 

@@ -58,19 +58,6 @@ def tiny_config(model_dir, data_dir, **overrides):
     return config_lib.finalize(config_lib.ExperimentConfig(**settings))
 
 
-def _unescape(name):
-    # tf.train.Checkpoint escapes '/' as '.S' and '.' as '..' in object names.
-    out, i = [], 0
-    while i < len(name):
-        if name[i] == "." and i + 1 < len(name):
-            out.append("/" if name[i + 1] == "S" else name[i + 1])
-            i += 2
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
-
-
 def checkpoint_tensors(path):
     """{checkpoint key: value} of every saved tensor."""
     reader = tf.train.load_checkpoint(path)
@@ -81,7 +68,7 @@ def checkpoint_tensors(path):
 def group_values(path, group):
     """{variable path: value} of one group ("model", "ema") of an nst checkpoint."""
     prefix = group + "/"
-    return {_unescape(k[len(prefix):-len(_VALUE)]): v
+    return {saving.unescape_object_name(k[len(prefix):-len(_VALUE)]): v
             for k, v in checkpoint_tensors(path).items()
             if k.startswith(prefix) and k.endswith(_VALUE)}
 
