@@ -9,6 +9,9 @@ TensorFlow itself is an extra so that a Cloud TPU VM keeps its own
 from setuptools import find_packages, setup
 
 TENSORFLOW = "tensorflow>=2.21,<2.22"
+# The filter stage on Apache Beam (`nst-filter-unlabel-beam`, docs/pseudo_labels.md).
+# protobuf: apache-beam 2.77 needs <7, tensorflow 2.21 (and tensorboard 2.21) >=6.31.1.
+BEAM = ["apache-beam>=2.77,<3", "google-crc32c", "protobuf>=6.31.1,<7"]
 
 setup(
     name="nst",
@@ -31,18 +34,23 @@ setup(
         # The offline demo data (sklearn's bundled digits) and SVHN .mat files.
         "scikit-learn>=1.4",
         "scipy>=1.11",
+        # Plots of the pipeline report (nst.report), Agg backend only.
+        "matplotlib>=3.8",
     ],
     extras_require={
         "cpu": [TENSORFLOW],
         # Cloud TPU VMs ship `tensorflow-tpu`; depending on `tensorflow` here
         # would make pip install a second, CPU-only TensorFlow over it.
         "tpu": [],
-        "test": [TENSORFLOW, "pytest>=8"],
+        "beam": BEAM,
+        # The Beam extra too, so that the Beam pipeline's tests run in CI.
+        "test": [TENSORFLOW, "pytest>=8"] + BEAM,
     },
     entry_points={
         "console_scripts": [
             "nst-main=nst.main:cli",
             "nst-filter-unlabel=nst.filter_unlabel:cli",
+            "nst-filter-unlabel-beam=nst.pseudo.beam:cli",
             "nst-model-table=nst.models.table_cli:run",
             "nst-convert-checkpoint=nst.models.convert_cli:run",
         ],

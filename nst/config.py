@@ -124,6 +124,8 @@ class ExperimentConfig:
     data_type: str = "tfrecord"
     file_prefix: str = "train"
     predict_batch_size: int = 256
+    write_train_info: bool = False
+    num_sample_images: int = 30000
 
 
 HELP = {
@@ -202,6 +204,9 @@ HELP = {
     "data_type": "Only tfrecord",
     "file_prefix": "Input file name prefix",
     "predict_batch_size": "Predict batch size (the original hard-coded 8)",
+    "write_train_info": "Also write the original's prediction-only train-info-* files (§3.4)",
+    "num_sample_images": "--reassign_label: about this many JPEG samples in total "
+                         "under <output_dir>/samples (0: none)",
 }
 
 MODES = ("train", "eval", "predict", "train_and_eval")

@@ -9,7 +9,8 @@ Flags carry the original's names and defaults (spec §2.2); `--gin_file` and
                           --eval_splits; with --eval_timeout, keep evaluating
                           new checkpoints until none arrives for that long
   --mode=train_and_eval   alternate: train to each checkpoint, evaluate it
-  --mode=predict          teacher predictions (arrives with the pseudo-label stage)
+  --mode=predict          teacher predictions -> pseudo-labelled TFRecords
+                          (nst/pseudo/predict.py; --reassign_label re-labels filtered data)
 """
 
 import os
@@ -44,9 +45,11 @@ def run(config: config_lib.ExperimentConfig, strategy=None):
     from nst.train import loop
 
     if config.mode == "predict":
-        raise NotImplementedError(
-            "--mode=predict writes pseudo-labelled TFRecords and is part of the "
-            "pseudo-labelling stage, which this version does not include yet")
+        from nst.pseudo import predict
+        distribute.set_precision(config.use_bfloat16)
+        strategy = strategy or make_strategy(config)
+        logging.info("Strategy: %s", distribute.describe(strategy))
+        return predict.run_prediction(config, strategy)
     if not config.model_dir:
         raise ValueError("--model_dir is required")
     distribute.set_precision(config.use_bfloat16)

@@ -300,11 +300,6 @@ def test_missing_label_data_dir_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_predict_mode_is_not_available_yet(tmp_path, digits_dir):
-    with pytest.raises(NotImplementedError, match="predict"):
-        main.run(tiny_config(tmp_path, digits_dir, mode="predict"))
-
-
 def test_cli_rejects_an_unknown_flag():
     result = subprocess.run([sys.executable, "-m", "nst.main", "--mode=train",
                              "--no_such_flag=1"], capture_output=True, text=True, cwd=REPO,

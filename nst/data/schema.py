@@ -79,7 +79,10 @@ def _floats(values) -> tf.train.Feature:
 
 
 def _serialize(feature: Dict[str, tf.train.Feature]) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so a record's bytes do not depend on
+    # the process that wrote it (resumed jobs rewrite files byte for byte).
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def _check_label(label: int, num_classes: Optional[int], what: str):

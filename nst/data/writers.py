@@ -113,7 +113,7 @@ class ShardWriter:
         if self._writer is None:
             raise RuntimeError(f"{self.path} is not open")
         if isinstance(record, tf.train.Example):
-            record = record.SerializeToString()
+            record = record.SerializeToString(deterministic=True)
         self._writer.write(record)
         self.num_records += 1
 

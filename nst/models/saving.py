@@ -69,6 +69,23 @@ def read_model_config(directory: str):
     return config_lib.EfficientNetConfig.from_dict(data["config"]), data.get("image_size")
 
 
+def checkpoint_exists(path: str) -> bool:
+    """Whether `path` (a directory, a checkpoint prefix or a file) holds a checkpoint."""
+    if tf.io.gfile.isdir(path):
+        return tf.train.latest_checkpoint(path) is not None
+    return tf.io.gfile.exists(path + ".index") or tf.io.gfile.exists(path)
+
+
+def stored_model_config(path: str):
+    """(EfficientNetConfig, image_size) from the `model_config.json` beside an nst
+    checkpoint (`path` a directory or a checkpoint prefix), or None (e.g. an
+    original TF1 checkpoint, which does not say which network it holds)."""
+    directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+    if not tf.io.gfile.exists(os.path.join(directory, CONFIG_FILE)):
+        return None
+    return read_model_config(directory)
+
+
 def save_weights(model: EfficientNet, directory: str, step: int = 0) -> str:
     """Writes `<directory>/ckpt-<step>` and `model_config.json`; returns the prefix."""
     write_model_config(model, directory)

@@ -330,7 +330,8 @@ def _pack(image_id: str, index: int, image: bytes = b"", true_label: int = -1,
     if probabilities is not None:
         feature["probabilities"] = tf.train.Feature(float_list=tf.train.FloatList(
             value=np.asarray(probabilities, np.float32).tolist()))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def _unpack(serialized: bytes):

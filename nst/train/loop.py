@@ -44,21 +44,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-def _checkpoint_exists(path: str) -> bool:
-    if tf.io.gfile.isdir(path):
-        return tf.train.latest_checkpoint(path) is not None
-    return tf.io.gfile.exists(path + ".index") or tf.io.gfile.exists(path)
-
-
-def _stored_model_config(path: str):
-    """(EfficientNetConfig, image_size) from the `model_config.json` beside an nst
-    checkpoint (`path` a directory or a checkpoint prefix), or None."""
-    directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
-    if not tf.io.gfile.exists(os.path.join(directory, saving.CONFIG_FILE)):
-        return None
-    return saving.read_model_config(directory)
-
-
 def _task_id(strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     return int(getattr(resolver, "task_id", 0) or 0)
@@ -154,12 +139,12 @@ class Trainer:
         config = self.config
         if not config.teacher_model_name or config.mode == "eval":
             return None  # eval never runs the teacher (the original built it for nothing)
-        if not _checkpoint_exists(config.teacher_model_path):
+        if not saving.checkpoint_exists(config.teacher_model_path):
             raise FileNotFoundError(f"No teacher checkpoint at --teacher_model_path="
                                     f"{config.teacher_model_path}")
         resolution = config.teacher_image_size or (
             config.input_image_size if config.small_image_model else None)
-        stored = _stored_model_config(config.teacher_model_path)
+        stored = saving.stored_model_config(config.teacher_model_path)
         if stored is None:
             # The teacher keeps its table width, depth and resolution: the
             # original's overrides leaked into the teacher (§11).

@@ -1,6 +1,7 @@
 """TF1 RMSProp semantics (spec §5.5) against a NumPy implementation."""
 
 import numpy as np
+import pytest
 
 import keras
 import tensorflow as tf
@@ -56,6 +57,16 @@ def test_matches_tf1_formula_over_several_steps():
     np.testing.assert_allclose(optimizer.mean_squares[0].numpy(), want_ms, rtol=1e-5)
     np.testing.assert_allclose(optimizer.momentums[0].numpy(), want_mom, rtol=1e-5, atol=1e-7)
     assert int(optimizer.iterations) == len(GRADS)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_and_keras_ops_paths_agree(fused):
+    optimizer = TF1RMSProp(learning_rate=0.1, fused=fused)
+    variable = run(optimizer, GRADS)
+    want_w, want_ms, want_mom = np_tf1_rmsprop(W0, GRADS, 0.1)
+    np.testing.assert_allclose(variable.numpy(), want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(optimizer.mean_squares[0].numpy(), want_ms, rtol=1e-5)
+    np.testing.assert_allclose(optimizer.momentums[0].numpy(), want_mom, rtol=1e-5, atol=1e-7)
 
 
 def test_slot_initial_values():
@@ -154,11 +165,12 @@ def test_xla_compiled_step():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_mirrored_strategy_two_replicas():
+@pytest.mark.parametrize("fused", [True, False])
+def test_mirrored_strategy_two_replicas(fused):
     strategy = two_cpu_strategy()
     with strategy.scope():
         variable = keras.Variable(W0, name="w")
-        optimizer = TF1RMSProp(learning_rate=0.1)
+        optimizer = TF1RMSProp(learning_rate=0.1, fused=fused)
         optimizer.build([variable])
 
     @tf.function
