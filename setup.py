@@ -49,6 +49,7 @@ setup(
     entry_points={
         "console_scripts": [
             "nst-main=nst.main:cli",
+            "nst-pipeline=nst.pipeline:cli",
             "nst-filter-unlabel=nst.filter_unlabel:cli",
             "nst-filter-unlabel-beam=nst.pseudo.beam:cli",
             "nst-model-table=nst.models.table_cli:run",

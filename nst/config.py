@@ -30,9 +30,11 @@ from nst import fileio
 DEFAULT_CHANGES = {
     "mode": "train_and_eval did nothing in the original; here it trains and evaluates, "
             "so it stays the default",
-    "use_tpu": "False: the original defaulted to True, but a TPU is only used when --tpu "
-               "names one (or --use_tpu is given)",
-    "use_bfloat16": "False unless on TPU: bfloat16 is slow on CPUs",
+    "use_tpu": "False: the original defaulted to True; pass --use_tpu (with --tpu, or "
+               "nothing on a TPU VM) to train on a TPU, and --tpu alone is an error "
+               "rather than a silent CPU run",
+    "use_bfloat16": "False, as the original's scripts: pass --use_bfloat16 on TPUs "
+                    "(bfloat16 is slow on CPUs)",
 }
 
 
@@ -136,8 +138,10 @@ HELP = {
     "model_dir": "Checkpoints, summaries, FLAGS.json, eval results",
     "num_label_classes": "Number of classes K",
     "num_train_images": "Labeled train set size (counted from the files if unset)",
-    "num_eval_images": "Size of the dev subset (default: the whole split)",
-    "num_test_images": "Size of the test subset (default: the whole split)",
+    "num_eval_images": "Evaluate only the first N images of dev (and validation) "
+                       "(default: the whole split)",
+    "num_test_images": "Evaluate only the first N images of test (default: the whole "
+                       "split)",
     "num_train_shards": "Use only the first N sorted labeled training files",
     "eval_splits": "Comma-separated split prefixes to evaluate (dev, test, validation, ...)",
     "model_name": "Student architecture, e.g. efficientnet-b0 ... efficientnet-l2",
@@ -215,8 +219,11 @@ MODES = ("train", "eval", "predict", "train_and_eval")
 TASKS = {
     "imagenet": dict(num_train_images=1281167, num_eval_images=50000, normalization="imagenet"),
     "svhn": dict(num_train_images=69257, num_eval_images=4000, num_test_images=26032,
-                 normalization="svhn", small_image=True, num_classes=10, image_size=32),
-    "digits": dict(normalization="svhn", small_image=True, num_classes=10, image_size=32),
+                 normalization="svhn", small_image=True, num_classes=10, image_size=32,
+                 flip=False),
+    # Digits, like house numbers, change meaning when mirrored: no flip either.
+    "digits": dict(normalization="svhn", small_image=True, num_classes=10, image_size=32,
+                   flip=False),
 }
 
 
@@ -335,6 +342,11 @@ def finalize(config: ExperimentConfig) -> ExperimentConfig:
 
 def normalization(config: ExperimentConfig) -> str:
     return TASKS[config.task_name]["normalization"]
+
+
+def random_flip(config: ExperimentConfig) -> bool:
+    """Whether training views flip images (the original: all tasks but SVHN)."""
+    return TASKS[config.task_name].get("flip", True)
 
 
 def gin_bindings(config: ExperimentConfig) -> str:

@@ -212,16 +212,19 @@ def combine(labeled: tf.data.Dataset, unlabeled: Optional[tf.data.Dataset]) -> t
 
 def eval_dataset(patterns, num_classes: int, batch_size: int, view: ViewConfig, *,
                  input_context=None, drop_remainder: bool = False,
-                 skip_corrupt: bool = False, skipped=None) -> tf.data.Dataset:
+                 skip_corrupt: bool = False, skipped=None,
+                 max_images: Optional[int] = None) -> tf.data.Dataset:
     """One ordered pass for eval / predict: {'image', 'label', 'id'} batches.
 
     Labels come from labeled records (1-based on disk, 0-based here). With
     `drop_remainder=False` the last batch may be smaller; every image is
-    seen exactly once.
+    seen exactly once. `max_images`: only the first N images (in file order).
     """
     records = _read(patterns, "labeled", num_classes, input_context=input_context, seed=None,
                     repeat=False, shuffle_files=False, skip_corrupt=skip_corrupt,
                     skipped=skipped, deterministic=True)
+    if max_images is not None:
+        records = records.take(max_images)
 
     def make(record):
         image = preprocess.decode_image(record["image"])

@@ -12,7 +12,9 @@ Two layouts (chosen by whether `prediction_dir` is set):
                                 (checked when `info_dir` is set)
 
 Slicing (§3.4): with R = total_replicas, task t handles the image records whose index i in
-the shard file has i mod R == t, and the prediction file of worker t.
+the shard file has i mod R == t, and the prediction file of worker t. Pseudo-labelled
+input written by R predict workers (`<file_prefix>-%05d-of-%05d-%05d`, one file per
+worker) is read whole, task t = worker t.
 
 Ids: an image's id is its stored `image/id`, else `<image file basename>:<record index>`
 (what `nst.data.readers` derives). A prediction's id is its stored `image/id`. An original
@@ -80,6 +82,18 @@ class InputLayout:
     def image_path(self, shard: int) -> str:
         return _join(self.input_dir, writers.shard_name(self.file_prefix, shard,
                                                         self.num_shards))
+
+    def pseudo_labelled_slice(self, shard: int, task: int):
+        """(path, task to slice by or None) of (shard, task)'s pseudo-labelled records:
+        with total_replicas > 1, the worker file `<file_prefix>-%05d-of-%05d-%05d` that
+        `--mode=predict --total_replicas=R --worker_id=task` writes, read whole, when it
+        exists; else the shard file, sliced."""
+        path = self.image_path(shard)
+        if self.total_replicas > 1:
+            worker_path = f"{path}-{task:05d}"
+            if tf.io.gfile.exists(worker_path):
+                return worker_path, None
+        return path, task
 
     def prediction_path(self, shard: int, worker: int) -> str:
         return _join(self.prediction_dir, writers.prediction_name(shard, self.num_shards,
@@ -217,9 +231,9 @@ def prediction_batches(layout: InputLayout, shard: int, task: int) -> Iterator[n
     """Pass 1 input: float32 [n, K] probability batches of (shard, task)'s images."""
     check_slices(layout, shard)
     if not layout.separate_predictions:
-        path = layout.image_path(shard)
+        path, sliced = layout.pseudo_labelled_slice(shard, task)
         _require(path, "Input shard")
-        for batch in _batches(path, "unlabeled", layout, task):
+        for batch in _batches(path, "unlabeled", layout, sliced):
             _check_pseudo_labelled(batch, path)
             yield batch["probabilities"]
         return
@@ -245,15 +259,16 @@ def joined_items(layout: InputLayout, shard: int, task: int, *, method: str = "s
     Close the generator when stopping early so that the hash join's temporaries go.
     """
     check_slices(layout, shard)
-    image_path = layout.image_path(shard)
-    _require(image_path, "Input shard")
     if not layout.separate_predictions:
-        for batch in _batches(image_path, "unlabeled", layout, task):
+        image_path, sliced = layout.pseudo_labelled_slice(shard, task)
+        _require(image_path, "Input shard")
+        for batch in _batches(image_path, "unlabeled", layout, sliced):
             _check_pseudo_labelled(batch, image_path)
             for row in _rows([batch]):
                 yield Item(row["id"].decode("utf-8"), row["image"], int(row["true_label"]),
                            row["probabilities"])
         return
+    _require(layout.image_path(shard), "Input shard")
     if method == "stream":
         yield from _stream_join(layout, shard, task)
     elif method == "partition":

@@ -206,7 +206,7 @@ class Trainer:
         student = ip.ViewConfig(
             image_size=self.image_size, small_image=c.small_image_model,
             augment_name=c.augment_name, randaug_layer=c.randaug_layer,
-            randaug_mag=c.randaug_mag, cutout_op=c.cutout_op, flip=c.task_name != "svhn",
+            randaug_mag=c.randaug_mag, cutout_op=c.cutout_op, flip=config_lib.random_flip(c),
             remove_aug=c.remove_aug, out_of_range=c.randaug_out_of_range)
         unlabeled = student if c.unl_aug == "default" else dataclasses.replace(
             student, augment_name=c.unl_aug or None)
@@ -413,8 +413,12 @@ class Trainer:
                    else contextlib.nullcontext())
         with weights:
             for split, pattern in splits.items():
+                # The original's subset sizes (§2.1): dev (and ImageNet's validation)
+                # num_eval_images, test num_test_images; None = the whole split.
+                limit = c.num_test_images if split == "test" else (
+                    c.num_eval_images if split in ("dev", "validation") else None)
                 dataset = ip.eval_dataset(pattern, c.num_label_classes, c.eval_batch_size,
-                                          student_view)
+                                          student_view, max_images=limit)
                 result = eval_lib.evaluate(self.student, dataset, c.num_label_classes,
                                            c.label_smoothing)
                 result.update(split=split, global_step=step)

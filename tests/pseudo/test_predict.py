@@ -392,3 +392,28 @@ def test_corrupt_image_is_named_or_skipped_and_counted(teacher_dir, tmp_path):
     [summary] = main.run(dataclasses.replace(config, skip_corrupt=True))
     assert summary["num_records"] == 4 and summary["num_skipped"] == 1
     assert [r["id"] for r in _read(summary["output"])] == [b"ok-0", b"ok-1", b"ok-2", b"ok-4"]
+
+
+def test_worker_files_feed_the_filter_with_the_same_slices(data_dir, teacher_dir, tmp_path):
+    """Predict with 2 workers writes one file per worker; the filter with
+    total_replicas=2 reads them as its tasks, and selects what it selects from the
+    same records predicted as one file."""
+    common = dict(num_shards=NUM_SHARDS, num_label_classes=K, num_image=3,
+                  file_prefix="extra", seed=3)
+    outputs = []
+    for name, replicas in (("one", 1), ("two", 2)):
+        for worker in range(replicas):
+            main.run(_config(data_dir, teacher_dir, tmp_path / name, total_replicas=replicas,
+                             worker_id=worker))
+        config = filter_lib.FilterConfig(input_dir=str(tmp_path / name),
+                                         output_dir=str(tmp_path / f"f-{name}"),
+                                         total_replicas=replicas, **common)
+        tasks = [(s, t) for s in range(NUM_SHARDS) for t in range(replicas)]
+        for shard, task in tasks:
+            filter_lib.write_shard_histogram(config, shard, task)
+        filter_lib.reduce_histograms(config)
+        for shard, task in tasks:
+            filter_lib.select_shard(config, shard, task)
+        outputs.append(collections.Counter(
+            r["id"] for r in _read(os.path.join(config.output_dir, "data", "*"))))
+    assert outputs[0] == outputs[1] and sum(outputs[0].values()) > 0

@@ -1,0 +1,496 @@
+#!/usr/bin/env python
+"""Pseudo-labelling speed and filter memory: `--mode=predict` and the local filter.
+
+Three parts, each measured against a reference in the same run:
+
+  (a) predict: the real predict path (`predict.predict_slice` over TFRecord shards of
+      JPEGs: read, decode, eval view, teacher, softmax, per-record encoding, atomic
+      writes) in images/s, vs plain `model.predict_on_batch` of the same model on an
+      in-memory batch of the same size, repeated to the same image count (no I/O).
+      EfficientNet-B0 twice: small-image at 32x32 (10 classes) and full at 224x224
+      (1000 classes, 256x256 JPEGs centre-cropped and resized). Random weights saved
+      with `saving.save_weights` and loaded by `predict.load_teacher`. Each slice has
+      a fixed set-up (reader graph, counting pass) that real shards amortise; a
+      one-batch slice next to the big one separates it from the per-image cost, which
+      is what the target >= 0.9 applies to (the big slice's own ratio is shown too).
+  (b) filter pass 2: `filter.select_shard` over pseudo-labelled shards (after pass 1 and
+      the reduce), in input records/s, vs a bare `TFRecordDataset(files).batch(n)
+      .map(tf.io.parse_example)` of the same keys over the same files. Target >= 0.5.
+  (c) memory: pass 1 + reduce + pass 2 + finalize over `--memory_records` pseudo-
+      labelled records of `--memory_classes` classes, in one child process that runs
+      every shard in turn; its peak RSS (`os.wait4` rusage of that child) must stay
+      under 1 GiB. A child that only imports the filter gives the baseline.
+
+Synthetic records are serialized directly from NumPy rows (bytes identical to
+`schema.encode_pseudo_labeled`, checked on the first record of each shard), so that 1M
+records of 1000 classes (~4 GB) are written in about a minute. Data lives under a
+temporary directory (`--tmp_dir`, default the system's) that is deleted at the end.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import nst  # noqa: E402,F401  (pins the Keras backend)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from nst import config as config_lib  # noqa: E402
+from nst.data import input_pipeline, schema, writers  # noqa: E402
+from nst.models import saving  # noqa: E402
+from nst.models.efficientnet import build_model  # noqa: E402
+from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.pseudo import predict  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("parts", ["predict", "filter", "memory"], "Parts to run.")
+flags.DEFINE_integer("images_32", 8192, "Images of the big slice at 32x32.")
+flags.DEFINE_integer("batch_32", 256, "predict_batch_size at 32x32.")
+flags.DEFINE_integer("images_224", 320, "Images of the big slice at 224x224.")
+flags.DEFINE_integer("batch_224", 32, "predict_batch_size at 224x224.")
+flags.DEFINE_integer("filter_records", 100_000, "Records of the filter pass-2 part.")
+flags.DEFINE_integer("filter_classes", 1000, "Classes of the filter pass-2 part.")
+flags.DEFINE_integer("filter_shards", 4, "Shards of the filter pass-2 part.")
+flags.DEFINE_integer("memory_records", 1_000_000, "Records of the memory part.")
+flags.DEFINE_integer("memory_classes", 1000, "Classes of the memory part.")
+flags.DEFINE_integer("memory_shards", 20, "Shards of the memory part.")
+flags.DEFINE_integer("image_bytes", 256, "Bytes of the (random, never decoded) image "
+                     "of each filter record.")
+flags.DEFINE_integer("num_image", -1, "Filter --num_image; -1: half the mean number of "
+                     "images per class, so that thresholds and thinning both act.")
+flags.DEFINE_string("tmp_dir", None, "Where the temporary data goes (default: system).")
+flags.DEFINE_string("memory_child", None, "Internal: run the filter over this directory's "
+                    "'in' shards and print a JSON summary (the measured child process).")
+
+PREDICT_TARGET = 0.9
+FILTER_TARGET = 0.5
+MEMORY_LIMIT = 1 << 30
+
+
+# --------------------------------------------------------------------------- synthetic data
+# A tf.train.Example serialized by hand: Example{features=1: Features{feature=1: map entry
+# {key=1, value=2: Feature{bytes_list=1 | float_list=2 | int64_list=3}}}}, map keys in
+# sorted order (what deterministic serialization does), packed float / int64 lists.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(payload: bytes, tag: bytes = b"\x0a") -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+def _entry(key: str, feature: bytes) -> bytes:
+    return _field(_field(key.encode()) + _field(feature, b"\x12"))
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(_field(value))
+
+
+def _float_feature(raw: bytes) -> bytes:
+    return _field(_field(raw), b"\x12")
+
+
+def _int64_feature(value: int) -> bytes:
+    return _field(_field(_varint(value)), b"\x1a")
+
+
+def _map_key_order():
+    """The keys of a pseudo-labelled record in the order protobuf's deterministic
+    serialization writes them (not plain string order: 'probabilities' < 'prob')."""
+    keys = (schema.IMAGE_KEY, schema.ID_KEY, schema.LABEL_KEY, schema.PROB_KEY,
+            schema.PROBABILITIES_KEY)
+    sample = schema.encode_pseudo_labeled(b"x", [1.0, 0.0], image_id="i")
+    return sorted(keys, key=lambda k: sample.index(_field(k.encode())))
+
+
+_KEY_ORDER = _map_key_order()
+
+
+def pseudo_labeled_bytes(image: bytes, probabilities: np.ndarray, label: int,
+                         image_id: str) -> bytes:
+    """= schema.encode_pseudo_labeled(image, probabilities, label=label, image_id=image_id)
+    for little-endian float32 `probabilities` whose max is at `label`; much faster."""
+    features = {
+        schema.IMAGE_KEY: _bytes_feature(image),
+        schema.ID_KEY: _bytes_feature(image_id.encode()),
+        schema.LABEL_KEY: _int64_feature(label),
+        schema.PROB_KEY: _float_feature(probabilities[label:label + 1].tobytes()),
+        schema.PROBABILITIES_KEY: _float_feature(probabilities.tobytes()),
+    }
+    return _field(b"".join(_entry(key, features[key]) for key in _KEY_ORDER))
+
+
+def synthetic_probabilities(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """float32 [n, k]: a top class of confidence ~U(0, 1), the rest spread at random."""
+    rows = rng.random((n, k), dtype=np.float32)
+    top = rng.integers(0, k, n)
+    conf = rng.random(n, dtype=np.float32)
+    rows[np.arange(n), top] = 0
+    rows *= ((1 - conf) / rows.sum(axis=1))[:, None]
+    rows[np.arange(n), top] = conf
+    return rows.astype("<f4")
+
+
+def write_pseudo_labeled(directory: str, num_records: int, num_classes: int, num_shards: int,
+                         image_bytes: int, seed: int = 0, prefix: str = "train",
+                         chunk: int = 8192) -> int:
+    """Pseudo-labelled shards <directory>/<prefix>-%05d-of-%05d; returns the bytes written."""
+    rng = np.random.default_rng(seed)
+    blob = rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    bounds = writers.shard_boundaries(num_records, num_shards)
+    total = 0
+    for shard in range(num_shards):
+        path = os.path.join(directory, writers.shard_name(prefix, shard, num_shards))
+        with writers.ShardWriter(path) as writer:
+            for start in range(bounds[shard], bounds[shard + 1], chunk):
+                n = min(chunk, bounds[shard + 1] - start)
+                probs = synthetic_probabilities(rng, n, num_classes)
+                labels = probs.argmax(axis=1)
+                offsets = rng.integers(0, len(blob) - image_bytes, n)
+                for i in range(n):
+                    image = blob[offsets[i]:offsets[i] + image_bytes]
+                    image_id = f"img-{shard}-{start + i}"
+                    record = pseudo_labeled_bytes(image, probs[i], int(labels[i]), image_id)
+                    if start + i == bounds[shard]:
+                        expected = schema.encode_pseudo_labeled(
+                            image, probs[i], label=int(labels[i]), image_id=image_id)
+                        if record != expected:
+                            raise AssertionError("hand-serialized record differs from "
+                                                 "schema.encode_pseudo_labeled")
+                    writer.write(record)
+                    total += len(record) + 16
+    return total
+
+
+# --------------------------------------------------------------------------- (a) predict
+
+
+def _jpegs(rng, n, side, quality=90):
+    return [tf.io.encode_jpeg(rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
+                              quality=quality).numpy() for _ in range(n)]
+
+
+def predict_rates(tmp: str, size: int, num_images: int, batch_size: int,
+                  width=None, depth=None) -> dict:
+    """Part (a) at one resolution. 32 = small-image B0 with 10 classes (task digits),
+    otherwise B0 with 1000 classes (task imagenet) on JPEGs of size + 32 pixels.
+
+    Two input shards: shard 0 holds one batch, shard 1 `num_images`. Every slice pays a
+    fixed set-up (reader graph, counting pass) that real shards of 10^4..10^6 images
+    amortise; timing both slices separates it from the per-image cost:
+    steady = (n1 - n0) / (t1 - t0), setup = t0 - n0 / steady.
+    """
+    small = size == 32
+    k = 10 if small else 1000
+    root = os.path.join(tmp, f"predict{size}")
+    data_dir, teacher_dir = os.path.join(root, "data"), os.path.join(root, "teacher")
+    model, _ = build_model("efficientnet-b0", k, width=width, depth=depth, resolution=size,
+                           small_image=small, normalization="svhn" if small else "imagenet")
+    saving.save_weights(model, teacher_dir)
+    name = model.config.name
+    del model
+    rng = np.random.default_rng(size)
+    images = _jpegs(rng, min(num_images, 64), size if small else size + 32)
+    counts = (batch_size, num_images)
+    for shard, count in enumerate(counts):
+        writers.write_records(
+            os.path.join(data_dir, writers.shard_name("extra", shard, len(counts))),
+            [schema.encode_unlabeled(images[i % len(images)], image_id=f"img-{shard}-{i}")
+             for i in range(count)])
+
+    def config(output):
+        return config_lib.finalize(config_lib.ExperimentConfig(
+            task_name="digits" if small else "imagenet", mode="predict",
+            label_data_dir=data_dir, predict_ckpt_path=teacher_dir,
+            output_dir=os.path.join(root, output), num_shards=len(counts),
+            shard_id=f"0-{len(counts) - 1}", file_prefix="extra",
+            predict_batch_size=batch_size, num_label_classes=k, input_image_size=size))
+
+    # 1. The whole `--mode=predict` job, cold: teacher load, tracing, both slices.
+    start = time.perf_counter()
+    summaries = predict.run_prediction(config("cold"))
+    cold = sum(counts) / (time.perf_counter() - start)
+    assert [s["num_records"] for s in summaries] == list(counts), summaries
+
+    # 2. Warm: a loaded, traced teacher; each slice through predict_slice, timed apart.
+    cfg = config("warm")
+    teacher = predict.load_teacher(cfg)
+    predictor = predict.Predictor(teacher, batch_size)
+    view = input_pipeline.ViewConfig(image_size=teacher.image_size, small_image=small)
+    predictor(np.zeros((batch_size, size, size, 3), np.float32))
+    seconds = []
+    for s, count in zip(predict.plan(cfg), counts):
+        start = time.perf_counter()
+        assert predict.predict_slice(s, predictor, cfg, view)["num_records"] == count
+        seconds.append(time.perf_counter() - start)
+    if seconds[1] > seconds[0]:
+        steady = (counts[1] - counts[0]) / (seconds[1] - seconds[0])
+        setup = max(seconds[0] - counts[0] / steady, 0.0)
+    else:  # only with a big slice of a few batches, where noise exceeds the difference
+        steady, setup = counts[1] / seconds[1], 0.0
+    traces = predictor._run.experimental_get_tracing_count()
+
+    # 3. Reference: the same model object, predict_on_batch on one in-memory batch,
+    # as many calls as the big slice makes (its last batch is padded to full size).
+    calls = math.ceil(num_images / batch_size)
+    batch = rng.uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
+
+    def reference():
+        teacher.predict_on_batch(batch)
+        start = time.perf_counter()
+        for _ in range(calls):
+            teacher.predict_on_batch(batch)
+        return num_images / (time.perf_counter() - start)
+
+    theirs = max(reference(), reference())  # the better of two: a conservative ratio
+    shutil.rmtree(root, ignore_errors=True)
+    return {"size": size, "model": name, "classes": k, "images": num_images,
+            "batch": batch_size, "cold": cold, "slice": num_images / seconds[1],
+            "setup": setup, "ours": steady, "reference": theirs, "ratio": steady / theirs,
+            "slice_ratio": num_images / seconds[1] / theirs, "traces": traces,
+            "keras_jit_compile": bool(teacher.jit_compile)}
+
+
+def predict_table(results) -> str:
+    lines = ["| model, input | images of the slice (batch) | `run_prediction` cold, incl. "
+             "load + trace (img/s) | `predict_slice` of the slice, incl. its set-up (img/s) | "
+             "set-up per slice (s) | `predict_slice` per image, set-up excluded (img/s) | "
+             "`predict_on_batch`, no I/O (img/s) | ratio (slice incl. set-up) | target | "
+             "pass |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        what = (f"{r['model']} small-image, {r['classes']} classes, 32×32 JPEG"
+                if r["size"] == 32 else
+                f"{r['model']}, {r['classes']} classes, {r['size'] + 32}² JPEG → "
+                f"{r['size']}×{r['size']}")
+        lines.append(f"| {what} | {r['images']:,} ({r['batch']}) | {r['cold']:.1f} | "
+                     f"{r['slice']:.1f} | {r['setup']:.1f} | {r['ours']:.1f} | "
+                     f"{r['reference']:.1f} | {r['ratio']:.2f} ({r['slice_ratio']:.2f}) | "
+                     f"≥ {PREDICT_TARGET} | {'yes' if r['ratio'] >= PREDICT_TARGET else 'NO'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- (b) filter pass 2
+
+
+def _default_num_image(records: int, classes: int) -> int:
+    return FLAGS.num_image if FLAGS.is_parsed() and FLAGS.num_image > 0 \
+        else max(1, records // (2 * classes))
+
+
+def bare_read_rate(files, num_classes: int, batch_size: int = 256) -> float:
+    """Records/s of TFRecordDataset -> batch -> parse_example (same keys) -> numpy."""
+    spec = {schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+            schema.ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            schema.PROBABILITIES_KEY: tf.io.FixedLenFeature([num_classes], tf.float32),
+            schema.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+            schema.PROB_KEY: tf.io.FixedLenFeature([], tf.float32),
+            schema.CLASS_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
+    dataset = (tf.data.TFRecordDataset(files, buffer_size=8 << 20).batch(batch_size)
+               .map(lambda s: tf.io.parse_example(s, spec)).prefetch(2))
+    start, n = time.perf_counter(), 0
+    for batch in dataset.as_numpy_iterator():
+        n += len(batch[schema.LABEL_KEY])
+    return n / (time.perf_counter() - start)
+
+
+def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
+                 image_bytes: int, num_image=None) -> dict:
+    root = os.path.join(tmp, "filter")
+    input_dir = os.path.join(root, "in")
+    start = time.perf_counter()
+    nbytes = write_pseudo_labeled(input_dir, num_records, num_classes, num_shards,
+                                  image_bytes, seed=1)
+    generate = time.perf_counter() - start
+    num_image = num_image or _default_num_image(num_records, num_classes)
+    config = filter_lib.FilterConfig(input_dir=input_dir, output_dir=os.path.join(root, "out"),
+                                     num_shards=num_shards, num_label_classes=num_classes,
+                                     num_image=num_image)
+    start = time.perf_counter()
+    for shard in range(num_shards):
+        filter_lib.write_shard_histogram(config, shard, 0)
+    pass1 = num_records / (time.perf_counter() - start)
+    thresholds = filter_lib.reduce_histograms(config)
+    files = [config.layout.image_path(s) for s in range(num_shards)]
+    reference = bare_read_rate(files, num_classes)
+    start = time.perf_counter()
+    written = 0
+    for shard in range(num_shards):
+        stats = filter_lib.select_shard(config, shard, 0, thresholds)
+        written += sum(stats.values())
+    ours = num_records / (time.perf_counter() - start)
+    reference = max(reference, bare_read_rate(files, num_classes))
+    shutil.rmtree(root, ignore_errors=True)
+    return {"records": num_records, "classes": num_classes, "shards": num_shards,
+            "input_bytes": nbytes, "generate_seconds": generate, "num_image": num_image,
+            "written": written, "pass1": pass1, "ours": ours, "reference": reference,
+            "ratio": ours / reference}
+
+
+def filter_table(r) -> str:
+    return "\n".join([
+        "| records × classes (shards) | kept copies written | pass 1 histogram (rec/s) | "
+        "pass 2 `select_shard` (rec/s) | bare `TFRecordDataset` + `parse_example` (rec/s) | "
+        "ratio | target | pass |", "|---|---|---|---|---|---|---|---|",
+        f"| {r['records']:,} × {r['classes']} ({r['shards']}), "
+        f"{r['input_bytes'] / 2**20:,.0f} MiB | {r['written']:,} (num_image={r['num_image']}) | "
+        f"{r['pass1']:,.0f} | {r['ours']:,.0f} | {r['reference']:,.0f} | {r['ratio']:.2f} | "
+        f"≥ {FILTER_TARGET} | {'yes' if r['ratio'] >= FILTER_TARGET else 'NO'} |"])
+
+
+# --------------------------------------------------------------------------- (c) memory
+
+
+def _vm_hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def run_filter_child(directory: str, num_classes: int, num_shards: int, num_image: int):
+    """The measured child: every filter step over <directory>/in, one shard after the
+    other in this process; prints a JSON summary as its last line."""
+    config = filter_lib.FilterConfig(input_dir=os.path.join(directory, "in"),
+                                     output_dir=os.path.join(directory, "out"),
+                                     num_shards=num_shards, num_label_classes=num_classes,
+                                     num_image=num_image)
+    times = {}
+    start = time.perf_counter()
+    for shard in range(num_shards):
+        filter_lib.write_shard_histogram(config, shard, 0)
+    times["pass1"] = time.perf_counter() - start
+    start = time.perf_counter()
+    filter_lib.reduce_histograms(config)
+    times["reduce"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for shard in range(num_shards):
+        filter_lib.select_shard(config, shard, 0)
+    times["pass2"] = time.perf_counter() - start
+    final = filter_lib.finalize_stats(config)
+    print(json.dumps({"times": times, "written": final["total_cnt"],
+                      "vm_hwm": _vm_hwm_bytes()}), flush=True)
+
+
+# Runs the measured child and reports its rusage. A small launcher without TensorFlow
+# starts it: Linux counts a child's RSS before its exec in ru_maxrss (fork or vfork share
+# the parent's pages), which from this process would add the parent's ~0.7 GiB.
+_LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"maxrss": usage.ru_maxrss * 1024}), flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _child(args, log_path):
+    """Runs this script with `args` in a grandchild (via `_LAUNCHER`); returns (its
+    last stdout line, its ru_maxrss in bytes, wall seconds)."""
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable,
+                               os.path.abspath(__file__)] + args,
+                              stdout=subprocess.PIPE, stderr=log)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        with open(log_path, "rb") as f:
+            tail = f.read()[-4000:].decode("utf-8", "replace")
+        raise RuntimeError(f"child {args} failed ({proc.returncode}):\n{tail}")
+    lines = proc.stdout.decode().strip().splitlines()
+    maxrss = json.loads(lines[-1])["maxrss"]
+    return (lines[-2] if len(lines) > 1 else ""), maxrss, seconds
+
+
+def memory_peak(tmp: str, num_records: int, num_classes: int, num_shards: int,
+                image_bytes: int, num_image=None) -> dict:
+    root = os.path.join(tmp, "memory")
+    start = time.perf_counter()
+    nbytes = write_pseudo_labeled(os.path.join(root, "in"), num_records, num_classes,
+                                  num_shards, image_bytes, seed=2)
+    generate = time.perf_counter() - start
+    num_image = num_image or _default_num_image(num_records, num_classes)
+    try:
+        _, baseline, _ = _child(["--memory_child=", "--parts="],
+                                os.path.join(root, "baseline.log"))
+        line, peak, seconds = _child(
+            [f"--memory_child={root}", f"--memory_classes={num_classes}",
+             f"--memory_shards={num_shards}", f"--num_image={num_image}"],
+            os.path.join(root, "child.log"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    summary = json.loads(line)
+    return {"records": num_records, "classes": num_classes, "shards": num_shards,
+            "input_bytes": nbytes, "generate_seconds": generate, "num_image": num_image,
+            "peak": peak, "baseline": baseline, "child_vm_hwm": summary["vm_hwm"],
+            "seconds": seconds, "times": summary["times"], "written": summary["written"]}
+
+
+def memory_table(r) -> str:
+    t = r["times"]
+    return "\n".join([
+        "| records × classes (shards) | filter steps in the child (s) | peak RSS of the "
+        "child | of which: the bare imports (TF, Keras, nst) | limit | pass |",
+        "|---|---|---|---|---|---|",
+        f"| {r['records']:,} × {r['classes']} ({r['shards']}), "
+        f"{r['input_bytes'] / 2**30:,.2f} GiB | pass 1 {t['pass1']:.0f}, reduce "
+        f"{t['reduce']:.1f}, pass 2 {t['pass2']:.0f} ({r['written']:,} copies written) | "
+        f"{r['peak'] / 2**20:,.0f} MiB | {r['baseline'] / 2**20:,.0f} MiB | 1 GiB | "
+        f"{'yes' if r['peak'] < MEMORY_LIMIT else 'NO'} |"])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if FLAGS.memory_child is not None:
+        if FLAGS.memory_child:  # empty: the import-only baseline
+            run_filter_child(FLAGS.memory_child, FLAGS.memory_classes, FLAGS.memory_shards,
+                             FLAGS.num_image)
+        return
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU "
+          f"cores")
+    tmp = tempfile.mkdtemp(prefix="benchmark_pseudo-", dir=FLAGS.tmp_dir)
+    try:
+        if "predict" in FLAGS.parts:
+            results = [predict_rates(tmp, 32, FLAGS.images_32, FLAGS.batch_32),
+                       predict_rates(tmp, 224, FLAGS.images_224, FLAGS.batch_224)]
+            print("\n(a) predict\n")
+            print(predict_table(results), flush=True)
+        if "filter" in FLAGS.parts:
+            r = filter_rates(tmp, FLAGS.filter_records, FLAGS.filter_classes,
+                             FLAGS.filter_shards, FLAGS.image_bytes)
+            print("\n(b) filter pass 2\n")
+            print(filter_table(r), flush=True)
+        if "memory" in FLAGS.parts:
+            r = memory_peak(tmp, FLAGS.memory_records, FLAGS.memory_classes,
+                            FLAGS.memory_shards, FLAGS.image_bytes)
+            print(f"\n(c) filter memory (data generated in {r['generate_seconds']:.0f} s; "
+                  f"child ran {r['seconds']:.0f} s; its own VmHWM "
+                  f"{r['child_vm_hwm'] / 2**20:,.0f} MiB)\n")
+            print(memory_table(r), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
