@@ -74,7 +74,8 @@ class PipelineConfig:
       title: report heading.
       dataset: "digits" (the bundled demo data, written to <run_dir>/data) or "records"
         (existing TFRecords: `label_data_dir` with train*/dev*/test* files and
-        `unlabel_data_dir` with `<unlabeled_prefix>-%05d-of-%05d` shards).
+        `unlabel_data_dir` with `<unlabeled_prefix>-%05d-of-%05d` shards;
+        `unlabeled_num_shards` of them, 0 = count the files).
       labels_per_class: digits: labeled training images per class.
       data_seed: digits: seed of the labeled/unlabeled/test split.
       num_iterations: student iterations N (>= 1).
@@ -100,6 +101,7 @@ class PipelineConfig:
     label_data_dir: str = ""
     unlabel_data_dir: str = ""
     unlabeled_prefix: str = "extra"
+    unlabeled_num_shards: int = 0
     labels_per_class: int = 10
     data_seed: int = 0
     num_iterations: int = 2
@@ -165,9 +167,16 @@ def _shard_count(directory: str, prefix: str) -> int:
 
 
 def plan(gin_files: List[str], gin_params: List[str] = (),
-         overrides: Optional[Dict] = None):
-    """(PipelineConfig, [Stage]) of a run; every check that needs no data happens here."""
+         overrides: Optional[Dict] = None, check_data: bool = True):
+    """(PipelineConfig, [Stage]) of a run; every check that needs no training happens here.
+
+    check_data=False skips what needs the data directories (their existence, counting
+    shards and images): for parsing recipes whose data lives elsewhere, e.g. on GCS.
+    """
     gin.clear_config()
+    # `include 'svhn/teacher.gin'` inside a recipe finds the project's files too.
+    if REPO_GIN_DIR not in gin.config._LOCATION_PREFIXES:
+        gin.add_config_file_search_path(REPO_GIN_DIR)
     try:
         try:
             gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files],
@@ -181,7 +190,7 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                     for i in range(1, pipeline.num_iterations + 1)]
     finally:
         gin.clear_config()
-    _check(pipeline)
+    _check(pipeline, check_data)
     run_dir = pipeline.run_dir
     label_dir, unlabel_dir = pipeline.data_dirs()
     common = dict(label_data_dir=label_dir, seed=pipeline.seed)
@@ -214,8 +223,9 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
         else:
             predictions = os.path.join(directory, "predictions")
             filtered = os.path.join(directory, "filtered")
-            num_shards = (_shard_count(unlabel_dir, pipeline.unlabeled_prefix)
-                          if pipeline.dataset == "records" else _digits_extra_shards())
+            num_shards = pipeline.unlabeled_num_shards or (
+                _shard_count(unlabel_dir, pipeline.unlabeled_prefix) if pipeline.dataset ==
+                "records" and check_data else _digits_extra_shards())
             predict = dataclasses.replace(
                 previous, mode="predict", predict_ckpt_path=previous_dir,
                 label_data_dir=unlabel_dir, output_dir=predictions,
@@ -229,8 +239,8 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                                     input_dir=predictions, output_dir=filtered,
                                     file_prefix=pipeline.unlabeled_prefix,
                                     num_shards=num_shards, num_label_classes=num_classes,
-                                    num_image=pipeline.num_image or _auto_num_image(
-                                        pipeline, num_classes),
+                                    num_image=pipeline.num_image or (_auto_num_image(
+                                        pipeline, num_classes) if check_data else 1),
                                     min_threshold=pipeline.min_threshold,
                                     upsample=pipeline.upsample, use_top=pipeline.use_top,
                                     use_all=pipeline.use_all, seed=pipeline.seed)))
@@ -284,7 +294,7 @@ def _auto_num_image(pipeline: PipelineConfig, num_classes: int) -> int:
     return max(1, count // num_classes)
 
 
-def _check(pipeline: PipelineConfig):
+def _check(pipeline: PipelineConfig, check_data: bool = True):
     if pipeline.dataset not in ("digits", "records"):
         raise ValueError(f"PipelineConfig.dataset must be 'digits' or 'records', got "
                          f"{pipeline.dataset!r}")
@@ -293,7 +303,7 @@ def _check(pipeline: PipelineConfig):
                          f"{pipeline.num_iterations}")
     if not pipeline.run_dir:
         raise ValueError("--run_dir (PipelineConfig.run_dir) is required")
-    if pipeline.dataset == "records":
+    if pipeline.dataset == "records" and check_data:
         label_dir, unlabel_dir = pipeline.data_dirs()
         for name, directory, pattern in (("label_data_dir", label_dir, "train*"),
                                          ("unlabel_data_dir", unlabel_dir,
@@ -304,7 +314,7 @@ def _check(pipeline: PipelineConfig):
             if not tf.io.gfile.glob(os.path.join(directory, pattern)):
                 raise FileNotFoundError(f"PipelineConfig.{name}={directory!r} holds no "
                                         f"{pattern} files")
-    if pipeline.teacher_path and not tf.io.gfile.exists(pipeline.teacher_path) \
+    if check_data and pipeline.teacher_path and not tf.io.gfile.exists(pipeline.teacher_path) \
             and not tf.io.gfile.exists(pipeline.teacher_path + ".index"):
         raise FileNotFoundError(f"PipelineConfig.teacher_path={pipeline.teacher_path} "
                                 f"does not exist")

@@ -6,17 +6,36 @@ import os
 import pytest
 
 from nst import config as config_lib
+from nst import pipeline_config
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
 GIN_FILES = sorted(glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True))
 
 
+def _is_pipeline(path):
+    with open(path) as f:
+        return "PipelineConfig" in f.read()
+
+
 def test_gin_files_exist():
-    assert len(GIN_FILES) >= 11
+    assert len(GIN_FILES) >= 17
+    assert sum(map(_is_pipeline, GIN_FILES)) >= 6
 
 
 @pytest.mark.parametrize("path", GIN_FILES, ids=lambda p: os.path.relpath(p, GIN_DIR))
-def test_gin_file_binds_and_finalises(path):
+def test_gin_file_binds_and_finalises(path, tmp_path):
+    if _is_pipeline(path):
+        # nst-pipeline recipes: every stage's settings must finalise (data not needed).
+        files = [path]
+        if os.path.relpath(path, GIN_DIR) == pipeline_config.QUICK_GIN_FILE:
+            files.insert(0, pipeline_config.DEFAULT_GIN_FILE)  # an overlay (--quick)
+        _, stages = pipeline_config.plan(files, [], {"run_dir": str(tmp_path)},
+                                         check_data=False)
+        for stage in stages:
+            if stage.settings is not None:
+                config = config_lib.finalize(stage.settings)
+                assert config.model_name.startswith("efficientnet-")
+        return
     overrides = {"teacher_model_path": "/nonexistent/teacher"}
     config = config_lib.build_config([path], [], overrides)
     assert config.model_name.startswith("efficientnet-")

@@ -97,44 +97,10 @@ class SumHistograms(beam.CombineFn):
         return accumulator
 
 
-def publish_thresholds(config: filter_lib.FilterConfig, total: np.ndarray) -> Dict:
-    """Global histogram int64 [K, 101] -> the reduce step's files; returns threshold.json's
-    content {"<class>": [threshold, total]}.
-
-    The same files, in the same order and format, as `filter.reduce_histograms`, which
-    sums histogram *files*; here the sum comes from the combine. Raises ValueError if an
-    existing threshold.json (another run's) differs.
-    """
-    thresholds = hist_lib.choose_thresholds(total, config.num_image, config.min_threshold,
-                                            config.max_prob, config.use_top, config.use_all)
-    threshold_path = config.path("threshold.json")
-    if tf.io.gfile.exists(threshold_path):
-        restart = (f"Delete {config.output_dir} (and its prelim stats) to start over, or "
-                   f"use another --output_dir.")
-        filter_lib._check_settings(config, f"The existing {threshold_path} was", restart)
-        old = hist_lib.Thresholds.from_json(fileio.read_json(threshold_path),
-                                            config.num_label_classes, threshold_path)
-        if old != thresholds:
-            raise ValueError(f"{threshold_path} exists but differs from the thresholds "
-                             f"recomputed from the current histograms. {restart}")
-    # filter._write_json: the very writer (atomic, same JSON layout) of the local reduce.
-    write = filter_lib._write_json
-    write(config.path("total_counts.json"),
-          hist_lib.histogram_to_json(total, omit_empty=False), compact=True)
-    write(config.path("total_counts_sum.json"),
-          hist_lib.histogram_to_json(hist_lib.cumulative_from_top(total), omit_empty=False),
-          compact=True)
-    write(config.path("filter_config.json"), config.reduce_settings())
-    write(config.path("num_image_across_cat.json"),
-          {"num_image_acorss_cat": thresholds.num_image_across_cat(config.num_image)})
-    write(threshold_path, thresholds.to_json())  # last, as locally: marks the reduce done
-    logging.info("Wrote %s: %d images over %d classes", threshold_path, int(total.sum()),
-                 config.num_label_classes)
-    return thresholds.to_json()
-
-
 def _publish(total: np.ndarray, config: filter_lib.FilterConfig) -> Dict:
-    return publish_thresholds(config, total)
+    """The combined histogram -> the reduce step's files, exactly as the local reduce
+    writes them; returns threshold.json's content {"<class>": [threshold, total]}."""
+    return filter_lib.publish_thresholds(config, total).to_json()
 
 
 # --------------------------------------------------------------------------- pass 2

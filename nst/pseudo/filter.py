@@ -205,8 +205,7 @@ def reduce_histograms(config: FilterConfig) -> hist_lib.Thresholds:
     """Sums every shard histogram and picks the per-class thresholds (§4.2).
 
     Raises FileNotFoundError listing the missing histogram files (never waits), and
-    ValueError if an existing threshold.json differs from the recomputed one (stale
-    output of another run: the selected shards would not match).
+    ValueError as `publish_thresholds`.
     """
     missing = missing_histograms(config)
     if missing:
@@ -217,6 +216,16 @@ def reduce_histograms(config: FilterConfig) -> hist_lib.Thresholds:
     for shard in config.histogram_shards():
         for task in range(config.total_replicas):
             total += read_shard_histogram(config, shard, task)
+    return publish_thresholds(config, total)
+
+
+def publish_thresholds(config: FilterConfig, total: np.ndarray) -> hist_lib.Thresholds:
+    """Global histogram int64 [K, 101] -> thresholds and the reduce step's files
+    (shared by `reduce_histograms` and the Beam pipeline's combine).
+
+    Raises ValueError if an existing threshold.json differs from the recomputed one
+    (stale output of another run: the selected shards would not match).
+    """
     thresholds = hist_lib.choose_thresholds(total, config.num_image, config.min_threshold,
                                             config.max_prob, config.use_top, config.use_all)
     threshold_path = config.path("threshold.json")

@@ -1,0 +1,240 @@
+"""nst-pipeline (issue: the whole loop): stage plans from gin, emitted commands, run-dir
+checks, and a real quick digits run that survives being killed.
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from unittest import mock
+
+import pytest
+
+from nst import config as config_lib
+from nst import pipeline
+from nst import pipeline_config as pc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = "digits/noisy_student.gin"
+
+
+def _plan(tmp_path, *params, gin=OFFLINE, **overrides):
+    return pc.plan([gin], list(params), dict({"run_dir": str(tmp_path / "run")}, **overrides))
+
+
+def _by_name(stages):
+    return {s.name: s for s in stages}
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def test_offline_plan_chains_each_student_to_its_teacher(tmp_path):
+    config, stages = _plan(tmp_path)
+    assert [s.name for s in stages] == ["data", "teacher", "predict-1", "filter-1",
+                                        "student-1", "predict-2", "filter-2", "student-2"]
+    s = _by_name(stages)
+    run = str(tmp_path / "run")
+    assert s["teacher"].directory == os.path.join(run, "iteration_0", "teacher")
+    assert s["teacher"].settings.unlabel_ratio == 0 and s["teacher"].settings.train_steps == 600
+    # Iteration 1 labels the raw unlabeled data with the teacher ...
+    assert s["predict-1"].settings.predict_ckpt_path == s["teacher"].directory
+    assert s["predict-1"].settings.label_data_dir == os.path.join(run, "data", "unlabeled")
+    assert s["filter-1"].filter_config.input_dir == s["predict-1"].directory
+    assert s["student-1"].settings.unlabel_data_dir == os.path.join(
+        s["filter-1"].directory, "data")
+    assert s["student-1"].settings.teacher_model_path is None
+    # ... and iteration 2 with student 1.
+    assert s["predict-2"].settings.predict_ckpt_path == s["student-1"].directory
+    assert s["student-2"].settings.label_data_dir == os.path.join(run, "data")
+    # Scoped gin: student/ applies to every student; the filter gets digits' unlabeled
+    # share per class (979 images / 10).
+    assert s["student-2"].settings.unlabel_ratio == 3.0
+    assert s["filter-1"].filter_config.num_image == 97
+    assert s["filter-1"].filter_config.num_shards == 4
+
+
+def test_iteration_scope_overrides_one_student(tmp_path):
+    _, stages = _plan(tmp_path, "student/iteration_2/ExperimentConfig.unlabel_ratio = 5.0",
+                      "student/iteration_2/ExperimentConfig.width_coefficient = 0.5")
+    s = _by_name(stages)
+    assert s["student-1"].settings.unlabel_ratio == 3.0
+    assert s["student-2"].settings.unlabel_ratio == 5.0
+    assert s["student-2"].settings.width_coefficient == 0.5
+
+
+def test_online_plan_has_no_predict_or_filter(tmp_path):
+    _, stages = _plan(tmp_path, gin="digits/online.gin")
+    assert [s.name for s in stages] == ["data", "teacher", "student-1", "student-2"]
+    s = _by_name(stages)
+    assert s["student-1"].settings.teacher_model_path == s["teacher"].directory
+    assert s["student-2"].settings.teacher_model_path == s["student-1"].directory
+    assert s["student-2"].settings.teacher_model_name == "efficientnet-b0"
+    assert s["student-1"].settings.unlabel_data_dir.endswith(os.path.join("data", "unlabeled"))
+
+
+def test_students_without_noise(tmp_path):
+    _, stages = _plan(tmp_path, student_noise=False)
+    student = _by_name(stages)["student-1"].settings
+    assert student.remove_aug and student.augment_name is None
+    assert student.dropout_rate == 0.0 and student.stochastic_depth_rate == 0.0
+    assert _by_name(stages)["teacher"].settings.augment_name == "v1"  # teacher unchanged
+
+
+def test_every_pipeline_recipe_plans(tmp_path):
+    for gin in ("digits/noisy_student.gin", "digits/online.gin", "svhn/pipeline_online.gin",
+                "svhn/pipeline_offline.gin", "imagenet/noisy_student_l2.gin"):
+        config, stages = pc.plan([gin], [], {"run_dir": str(tmp_path / "r")},
+                                 check_data=False)
+        assert stages and all(s.settings is None or s.settings.model_name for s in stages)
+    config, stages = pc.plan(["imagenet/noisy_student_l2.gin"], [],
+                             {"run_dir": str(tmp_path / "r")}, check_data=False)
+    s = _by_name(stages)
+    assert [s[f"student-{i}"].settings.unlabel_ratio for i in (1, 2, 3)] == [14, 14, 28]
+    assert s["student-1"].settings.model_name == "efficientnet-l2-475"
+    assert s["teacher"].settings.model_name == "efficientnet-b7"
+    finetune = s["finetune"].settings
+    assert finetune.init_model and finetune.init_model_path == s["student-3"].directory
+    assert (finetune.input_image_size, finetune.remove_aug, finetune.unlabel_ratio) == \
+        (800, True, 0.0)
+    assert s["filter-2"].filter_config.num_image == 130000
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_emitted_commands_replay_the_stage_configs(tmp_path):
+    config, stages = _plan(tmp_path)
+    pc.prepare_run_dir(config, stages)
+    result = pipeline.run(config, stages, emit_only=True)
+    lines = open(result["commands"]).read().splitlines()
+    commands = [shlex.split(l) for l in lines if l and not l.startswith(("#", "set "))]
+    predict = [c for c in commands if c[0] == "nst-main" and any("predict-1" in a for a in c)]
+    assert len(predict) == 4 and predict[3][-1] == "--shard_id=3"
+    steps = [next(a for a in c if a.startswith("--only_get_stats")) for c in commands
+             if c[0] == "nst-filter-unlabel" and "filtered" in " ".join(c)
+             and "iteration_1" in " ".join(c)]
+    assert steps == ["--only_get_stats=1"] * 4 + ["--only_get_stats=2"] + \
+        ["--only_get_stats=0"] * 4 + ["--only_get_stats=3"]
+    # A stage's gin file is the stage: nst-main built from it has the same settings.
+    for stage in stages:
+        if stage.settings is not None:
+            replayed = config_lib.build_config(
+                [os.path.join(config.run_dir, "configs", f"{stage.name}.gin")])
+            assert dataclasses.asdict(replayed) == dataclasses.asdict(
+                config_lib.finalize(stage.settings))
+    assert not os.path.exists(os.path.join(config.run_dir, "iteration_0"))  # nothing ran
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unknown_model_fails_before_work(tmp_path):
+    with pytest.raises(ValueError, match="student 1: Unknown model name 'efficientnet-b9'"):
+        _plan(tmp_path, "student/ExperimentConfig.model_name = 'efficientnet-b9'")
+    with pytest.raises(ValueError, match="Bad gin configuration"):
+        _plan(tmp_path, "PipelineConfig.no_such_field = 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_smaller_student_is_allowed_but_warned(tmp_path):
+    with mock.patch.object(pc.logging, "warning") as warning:
+        _plan(tmp_path, "student/ExperimentConfig.width_coefficient = 0.1")
+    assert any("smaller than its teacher" in call.args[0] for call in warning.call_args_list)
+
+
+def test_run_dir_of_another_config_is_refused_unless_overwritten(tmp_path):
+    config, stages = _plan(tmp_path)
+    pc.prepare_run_dir(config, stages)
+    (tmp_path / "run" / "marker").write_text("old run")
+    other, other_stages = _plan(tmp_path, "teacher/ExperimentConfig.train_steps = 7")
+    with pytest.raises(ValueError,
+                       match=r"(?s)other settings.*stages\.teacher\.train_steps: 600 -> 7"):
+        pc.prepare_run_dir(other, other_stages)
+    pc.prepare_run_dir(config, stages)  # the same settings: fine
+    pc.prepare_run_dir(other, other_stages, overwrite=True)
+    assert not (tmp_path / "run" / "marker").exists()
+
+
+def test_missing_data_directories_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="label_data_dir=.*nowhere"):
+        _plan(tmp_path, dataset="records", label_data_dir=str(tmp_path / "nowhere"),
+              unlabel_data_dir=str(tmp_path))
+    (tmp_path / "labeled").mkdir()
+    (tmp_path / "labeled" / "train-00000-of-00001").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="unlabel_data_dir=.*holds no extra-"):
+        _plan(tmp_path, dataset="records", label_data_dir=str(tmp_path / "labeled"),
+              unlabel_data_dir=str(tmp_path / "labeled"))
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def _command(run_dir, *extra):
+    return [sys.executable, "-m", "nst.pipeline", "--quick", f"--run_dir={run_dir}",
+            "--gin_param=PipelineConfig.num_iterations = 1", *extra]
+
+
+def _final_numbers(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    return {s["name"]: s["metrics"] for s in results["stages"]}, results
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    subprocess.run(_command(run_dir), check=True, cwd=REPO, capture_output=True)
+    return str(run_dir)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_stage_and_the_report(quick_run):
+    numbers, results = _final_numbers(quick_run)
+    assert list(numbers) == ["teacher", "student-1"]
+    for metrics in numbers.values():
+        assert set(metrics) == {"dev", "test"}
+        assert 0 <= metrics["test"]["top_1_accuracy"] <= 1
+        assert metrics["test"]["num_images"] == 539
+    summary = results["stages"][1]["pseudo_labels"]
+    assert summary["num_classes"] == 10 and summary["total_after"] > 0
+    assert sum(summary["counts_before"]) == 979
+    for name in ("report.md", "commands.sh", "pipeline.json", "plots/accuracy.png",
+                 "plots/confidence_iteration_1.png", "plots/class_counts_iteration_1.png",
+                 "iteration_1/filtered/data", "iteration_1/student/stage_done.json"):
+        assert os.path.exists(os.path.join(quick_run, name)), name
+    report = open(os.path.join(quick_run, "report.md")).read()
+    assert "student-1" in report and "teacher" in report
+    # A finished run is all skipped on a rerun and changes nothing.
+    before = open(os.path.join(quick_run, "results.json")).read()
+    done = subprocess.run(_command(quick_run), check=True, cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.stderr.count("done earlier, skipped") == 5
+    assert _final_numbers(quick_run)[0] == numbers
+    assert json.loads(before)["stages"] == json.loads(
+        open(os.path.join(quick_run, "results.json")).read())["stages"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", ["iteration_0/teacher/checkpoint",
+                                       "iteration_1/predictions/extra-00001-of-00004"])
+def test_killed_run_resumes_to_the_same_numbers(quick_run, tmp_path, kill_when):
+    """SIGKILL while a stage runs (teacher training after its first checkpoint, or predict
+    after its second shard); rerunning the same command gives the uninterrupted run's
+    numbers exactly."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_command(run_dir), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (run_dir / kill_when).exists() and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "iteration_1" / "student" / "stage_done.json").exists()
+    subprocess.run(_command(run_dir), check=True, cwd=REPO, capture_output=True)
+    assert _final_numbers(run_dir)[0] == _final_numbers(quick_run)[0]
