@@ -56,7 +56,8 @@ def test_shard_writer_accepts_examples_and_creates_directories(tmp_path):
         writer.write(example)
         writer.write(_records(1, start=1)[0])
     assert writer.num_records == 2
-    assert _read(path) == [example.SerializeToString(), _records(1, start=1)[0]]
+    assert _read(path) == [example.SerializeToString(deterministic=True),
+                           _records(1, start=1)[0]]
 
 
 def test_temporary_file_is_hidden_and_in_the_same_directory(tmp_path):
