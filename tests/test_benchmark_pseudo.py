@@ -43,7 +43,7 @@ def test_synthetic_records_are_valid_pseudo_labelled_records(bench, tmp_path):
 
 def test_all_parts_at_tiny_sizes(bench, tmp_path):
     tmp = str(tmp_path)
-    r = bench.predict_rates(tmp, 32, 64, 32, width=0.25, depth=0.25)
+    r = bench.predict_rates(tmp, 32, 64, 32, width=0.25, depth=0.25, repeats=1)
     assert _positive(r["cold"], r["slice"], r["ours"], r["reference"], r["ratio"])
     assert r["traces"] == 1  # the padded last batch does not retrace
     table = bench.predict_table([r])
