@@ -34,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from nst import fileio
-from nst.data import schema, writers
+from nst.data import wire, writers
 from nst.pseudo import histogram as hist_lib
 from nst.pseudo import select as select_lib
 from nst.pseudo import sources
@@ -283,30 +283,34 @@ def load_thresholds(config: FilterConfig) -> hist_lib.Thresholds:
 # --------------------------------------------------------------------------- 3. select
 
 
-def _expanded(items, selector: select_lib.Selector, counts: np.ndarray):
-    """Joined items -> serialized output records, each repeated `copies` times.
+def _expanded(batches, selector: select_lib.Selector, counts: np.ndarray):
+    """Joined item batches -> serialized output records, each repeated `copies` times.
     Adds the copies to counts [K]. Serialized once per image: copies share the bytes."""
-    for item in items:
-        label, conf, copies = selector.copies_for(item.probabilities, item.image_id)
-        if copies == 0:
+    encode = wire.PseudoLabeledEncoder()
+    for batch in batches:
+        labels, _, copies = selector.copies_batch(batch.probabilities, batch.image_ids)
+        np.add.at(counts, labels, copies)
+        kept = np.flatnonzero(copies)
+        if not len(kept):
             continue
-        record = schema.encode_pseudo_labeled(
-            item.image, item.probabilities, label=label, prob=float(conf),
-            true_label=item.true_label if item.true_label >= 0 else None,
-            image_id=item.image_id)
-        counts[label] += copies
-        for _ in range(copies):
-            yield record
+        probabilities = np.ascontiguousarray(batch.probabilities, "<f4")
+        true_labels = batch.true_labels.tolist()
+        for i, n, label in zip(kept.tolist(), copies[kept].tolist(), labels[kept].tolist()):
+            record = encode(batch.images[i], probabilities[i], label,
+                            true_labels[i] if true_labels[i] >= 0 else None,
+                            batch.image_ids[i])
+            for _ in range(n):
+                yield record
 
 
-def _write_selection(config: FilterConfig, shard: int, task: int, items,
+def _write_selection(config: FilterConfig, shard: int, task: int, batches,
                      selector: select_lib.Selector) -> np.ndarray:
     """Writes the data file of (shard, task) atomically; returns copies per class [K].
     No file when nothing is kept (as the original); a stale one is removed."""
     counts = np.zeros(config.num_label_classes, np.int64)
     path = config.data_path(shard, task)
-    with contextlib.closing(items):
-        records = select_lib.shuffled(_expanded(items, selector, counts),
+    with contextlib.closing(batches):
+        records = select_lib.shuffled(_expanded(batches, selector, counts),
                                       config.shuffle_buffer,
                                       select_lib.shard_rng(config.seed, shard, task))
         first = next(records, None)
@@ -347,14 +351,14 @@ def select_shard(config: FilterConfig, shard: int, task: int,
     layout = config.layout
     try:
         counts = _write_selection(config, shard, task,
-                                  sources.joined_items(layout, shard, task), selector)
+                                  sources.joined_batches(layout, shard, task), selector)
     except sources.PredictionOrderMismatch as e:
         logging.info("Predictions of shard %d task %d are not in image order (%s); "
                      "joining by id through temporary bucket files", shard, task, e)
-        items = sources.joined_items(layout, shard, task, method="partition",
-                                     tmp_dir=_join(config.output_dir, ".tmp"),
-                                     expected_records=_expected_records(config, shard, task))
-        counts = _write_selection(config, shard, task, items, selector)
+        batches = sources.joined_batches(
+            layout, shard, task, method="partition", tmp_dir=_join(config.output_dir, ".tmp"),
+            expected_records=_expected_records(config, shard, task))
+        counts = _write_selection(config, shard, task, batches, selector)
     stats = select_lib.counts_to_json(counts)
     _write_json(stats_path, stats)
     logging.info("Wrote %s (%d records) and %s", config.data_path(shard, task),

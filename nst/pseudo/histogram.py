@@ -20,7 +20,7 @@ arguments so that a Beam pipeline can reuse it as is.
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,28 +32,31 @@ GRID = np.arange(NUM_BUCKETS, dtype=np.float64) / 100.0
 JsonHistogram = Dict[str, List[List[float]]]  # {"<class>": [[t_0, n_0], ..., [t_100, n_100]]}
 
 
-def confidences(probabilities: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def confidences(probabilities: np.ndarray,
+                ids: Optional[Sequence] = None) -> Tuple[np.ndarray, np.ndarray]:
     """probabilities float [N, K] -> (labels int64 [N], confidences float32 [N]).
 
     The values are first rounded to float32, the precision of the files (§3.4).
     Raises ValueError if a confidence is not finite or negative: such a value would
-    silently land in an edge bucket.
+    silently land in an edge bucket. `ids` [N] (optional) name the bad image.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.ndim != 2:
         raise ValueError(f"probabilities must be [N, K], got shape {probabilities.shape}")
     labels = np.argmax(probabilities, axis=1).astype(np.int64)
     conf = probabilities[np.arange(len(labels)), labels]
-    check_confidences(conf)
+    check_confidences(conf, ids=ids)
     return labels, conf
 
 
-def check_confidences(conf: np.ndarray, what: str = "confidence"):
+def check_confidences(conf: np.ndarray, what: str = "confidence",
+                      ids: Optional[Sequence] = None):
     conf = np.asarray(conf)
     bad = ~np.isfinite(conf) | (conf < 0)
     if np.any(bad):
         i = int(np.argmax(bad))
-        raise ValueError(f"{what} {conf[i]!r} (item {i}) is not a finite value >= 0")
+        where = f"image {ids[i]!r}" if ids is not None else f"item {i}"
+        raise ValueError(f"{what} {conf[i]!r} ({where}) is not a finite value >= 0")
 
 
 def bucket_indices(conf: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from absl import logging
 from nst import config as config_lib
 from nst import fileio
 from nst.data import input_pipeline as ip
-from nst.data import preprocess, readers, schema, writers
+from nst.data import preprocess, readers, schema, wire, writers
 from nst.models import saving
 from nst.models.efficientnet import EfficientNet, build_model
 from nst.pseudo import select, sources
@@ -311,19 +311,20 @@ def predict_slice(s: Slice, predictor: Predictor, config: config_lib.ExperimentC
         w.open()
     written, start, last_log = 0, time.time(), time.time()
     num_classes = config.num_label_classes
+    encode = wire.PseudoLabeledEncoder()  # = schema.encode_pseudo_labeled, ~10x faster
     try:
         dataset = _slice_dataset(s, record_format, num_classes, view, predictor.batch_size,
                                  config.skip_corrupt, skipped, check_images=config.skip_corrupt)
         try:
             for batch in dataset.as_numpy_iterator():
-                probabilities = predictor(batch["pixels"])
+                probabilities = np.ascontiguousarray(predictor(batch["pixels"]), "<f4")
                 labels = probabilities.argmax(axis=1)
                 for i in range(len(labels)):
                     image_id = batch["id"][i].decode("utf-8")
                     true_label = int(batch["true_label"][i])
-                    writers_[0].write(schema.encode_pseudo_labeled(
-                        batch["image"][i], probabilities[i], label=int(labels[i]),
-                        image_id=image_id, true_label=true_label if true_label >= 0 else None))
+                    writers_[0].write(encode(
+                        batch["image"][i], probabilities[i], int(labels[i]),
+                        true_label if true_label >= 0 else None, image_id))
                     if s.train_info_path:
                         writers_[1].write(schema.encode_prediction(
                             probabilities[i], classes=int(labels[i]), image_id=image_id))

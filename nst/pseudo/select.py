@@ -15,10 +15,11 @@ Expected copies per class: x · total_c = num_image (both when thinning and dupl
 
 import hashlib
 import math
-from typing import Dict, Iterable, Iterator, Mapping, TypeVar
+from typing import Dict, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from nst.pseudo import histogram as hist_lib
 from nst.pseudo.histogram import Thresholds, check_confidences
 
 T = TypeVar("T")
@@ -91,6 +92,25 @@ class Selector:
             return 0
         return copy_count(float(self.ratios[label]), uniform_from_id(self.seed, image_id))
 
+    def copies_batch(self, probabilities: np.ndarray, image_ids: Sequence):
+        """probabilities float32 [n, K], n ids -> (labels int64 [n], confidences float32
+        [n], copies int64 [n]); row by row the same numbers as `copies_for`.
+
+        The hash draw is made only for admitted images. ValueError naming the image if a
+        confidence is not a finite value >= 0.
+        """
+        labels, conf = hist_lib.confidences(probabilities, ids=image_ids)
+        p = conf.astype(np.float64)
+        admitted = np.flatnonzero((self.thresholds[labels] <= p) & (p <= self.max_prob))
+        copies = np.zeros(len(labels), np.int64)
+        if len(admitted):
+            ratio = self.ratios[labels[admitted]]
+            whole = np.floor(ratio)
+            u = np.fromiter((uniform_from_id(self.seed, image_ids[i]) for i in admitted),
+                            np.float64, len(admitted))
+            copies[admitted] = whole.astype(np.int64) + (u < ratio - whole)
+        return labels, conf, copies
+
     def copies_for(self, probabilities: np.ndarray, image_id):
         """probabilities [K] -> (label, confidence float32, copies)."""
         probabilities = np.asarray(probabilities, np.float32)
@@ -100,27 +120,37 @@ class Selector:
         return label, conf, self.copies(label, conf, image_id)
 
 
-def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator) -> Iterator[T]:
+def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator,
+             draws: int = 4096) -> Iterator[T]:
     """Yields `items` in a random order using at most `buffer_size` of them in memory.
 
     Same scheme as `tf.data.Dataset.shuffle`: once the buffer is full, each new item
     replaces a uniformly chosen buffered one, which is emitted; the rest is emitted in a
     random order at the end. Duplicates written back to back therefore spread over about
-    `buffer_size` records (the original shuffled disjoint 10K chunks, §11).
-    buffer_size <= 1 keeps the input order.
+    `buffer_size` records (the original shuffled disjoint 10K chunks, §11). The slot
+    indices are drawn `draws` at a time (one NumPy call per draw costs more than the rest
+    of the loop). buffer_size <= 1 keeps the input order.
     """
     if buffer_size <= 1:
         yield from items
         return
     buffer = []
+    items = iter(items)
     for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        i = int(rng.integers(buffer_size))
+        buffer.append(item)
+        if len(buffer) == buffer_size:
+            break
+    slots = ()
+    next_slot = 0
+    for item in items:
+        if next_slot == len(slots):
+            slots = rng.integers(buffer_size, size=draws).tolist()
+            next_slot = 0
+        i = slots[next_slot]
+        next_slot += 1
         yield buffer[i]
         buffer[i] = item
-    for i in rng.permutation(len(buffer)):
+    for i in rng.permutation(len(buffer)).tolist():
         yield buffer[i]
 
 

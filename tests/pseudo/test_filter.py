@@ -223,6 +223,37 @@ def test_shuffled_is_a_bounded_seeded_permutation():
     again = list(select_lib.shuffled(range(1000), 64, np.random.default_rng(0)))
     assert again == out
     assert list(select_lib.shuffled(range(5), 1, np.random.default_rng(0))) == list(range(5))
+    # Slot indices drawn a few at a time: still a seeded permutation.
+    few = list(select_lib.shuffled(range(1000), 64, np.random.default_rng(0), draws=3))
+    assert sorted(few) == list(range(1000)) and few != list(range(1000))
+    assert few == list(select_lib.shuffled(range(1000), 64, np.random.default_rng(0), draws=3))
+    assert sorted(select_lib.shuffled(range(10), 64, np.random.default_rng(0))) == \
+        list(range(10))  # fewer items than the buffer
+
+
+def test_batch_copies_equal_the_per_image_copies():
+    rng = np.random.default_rng(5)
+    n, k = 500, 7
+    probabilities = rng.random((n, k), dtype=np.float32) ** 4
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    ids = [f"img-{i}" for i in range(n)]
+    labels, conf = hist_lib.confidences(probabilities)
+    hist = hist_lib.histogram(labels, conf, k)
+    for use_all, upsample, num_image in ((False, True, 120), (False, False, 40),
+                                         (True, True, 40), (False, True, 10)):
+        thresholds = hist_lib.choose_thresholds(hist, num_image, 0.3, use_all=use_all)
+        selector = select_lib.Selector(thresholds, num_image, use_all=use_all,
+                                       upsample=upsample, seed=11, max_prob=0.9)
+        got_labels, got_conf, copies = selector.copies_batch(probabilities, ids)
+        expected = [selector.copies_for(probabilities[i], ids[i]) for i in range(n)]
+        assert got_labels.tolist() == [e[0] for e in expected]
+        assert got_conf.tolist() == [float(e[1]) for e in expected]
+        assert copies.tolist() == [e[2] for e in expected]
+        assert 0 in copies and max(copies) >= 1
+    bad = probabilities.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="image 'img-3'"):
+        selector.copies_batch(bad, ids)
 
 
 def test_final_stats_layout():
@@ -429,6 +460,29 @@ def test_original_layout_by_record_order(tmp_path):
     assert names == ["train-0-00000-of-00002", "train-0-00001-of-00002",
                      "train-1-00000-of-00002", "train-1-00001-of-00002"]
     assert sorted(os.listdir(os.path.join(config.output_dir, "stats")))[0] == "final_stats.json"
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_streamed_join_does_not_depend_on_the_batch_size(tmp_path, monkeypatch, with_ids):
+    # Images are taken 3 (then 256) at a time against 256-record prediction batches, so
+    # batches are split and stitched across the reader's batch boundaries.
+    examples = _examples(SPEC)
+    _write_separate(tmp_path, examples, 1, 2, with_ids=with_ids)
+    config = _separate_config(tmp_path, num_shards=1, total_replicas=2)
+    _run_all(config)
+    reference = {f: open(os.path.join(config.output_dir, "data", f), "rb").read()
+                 for f in os.listdir(os.path.join(config.output_dir, "data"))}
+    monkeypatch.setattr(sources, "BATCH_SIZE", 3)
+    config = _separate_config(tmp_path, "small_batches", num_shards=1, total_replicas=2)
+    _run_all(config)
+    assert reference and reference == {
+        f: open(os.path.join(config.output_dir, "data", f), "rb").read()
+        for f in os.listdir(os.path.join(config.output_dir, "data"))}
+    items = list(sources.joined_items(config.layout, 0, 1))
+    assert [it.image_id for it in items][:2] == (
+        ["img-0001", "img-0003"] if with_ids else ["extra-00000-of-00001:1",
+                                                   "extra-00000-of-00001:3"])
+    assert len(items) == len(examples[1::2])
 
 
 def test_original_predictions_join_images_with_stored_ids_by_position(tmp_path):

@@ -1,0 +1,151 @@
+"""Pseudo-labelled records serialized directly in protobuf wire format.
+
+`schema.encode_pseudo_labeled` builds a `tf.train.Example` and serializes it: about 40 µs
+for 1,000 classes, most of it converting the float32 vector to Python floats and back.
+The filter writes one such record per kept image (hundreds of millions in a large run),
+so `PseudoLabeledEncoder` writes the same bytes by hand: the probabilities go in as
+their little-endian float32 bytes, everything else is a few short byte strings.
+
+The layout (example.proto): Example{features=1: Features{feature=1: repeated map entry
+{key=1: string, value=2: Feature{bytes_list=1 | float_list=2 | int64_list=3, each a list
+message with a packed `value=1`}}}}. Deterministic serialization writes the map entries
+in a fixed key order; that order is read once from a record serialized by protobuf itself
+rather than assumed, and tests compare the two encoders byte for byte.
+"""
+
+from typing import Optional, Union
+
+import numpy as np
+
+from nst.data import schema
+
+_U64 = (1 << 64) - 1
+_ONE_BYTE = [bytes([n]) for n in range(0x80)]
+_TAG = {1: b"\x0a", 2: b"\x12", 3: b"\x1a"}  # Feature.bytes_list / float_list / int64_list
+
+
+def varint(n: int) -> bytes:
+    """Base-128 varint of an int64 (negative values as their 64-bit two's complement)."""
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
+    if 0 < n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    n &= _U64
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2) with field number `tag`."""
+    return bytes([(tag << 3) | 2]) + varint(len(payload)) + payload
+
+
+def bytes_feature(value: bytes) -> bytes:
+    """Serialized Feature{bytes_list{value: [value]}}."""
+    return _delimited(1, _delimited(1, value))
+
+
+def float_feature(raw: bytes) -> bytes:
+    """Serialized Feature{float_list{value: ...}} from little-endian float32 bytes."""
+    return _delimited(2, _delimited(1, raw))
+
+
+def int64_feature(value: int) -> bytes:
+    """Serialized Feature{int64_list{value: [value]}}."""
+    return _delimited(3, _delimited(1, varint(value)))
+
+
+def _entry_prefix(key: str) -> bytes:
+    """The map entry's key field; the value field follows."""
+    return _delimited(1, key.encode("utf-8"))
+
+
+def _key_order():
+    """Keys of a pseudo-labelled record in the order protobuf's deterministic serialization
+    writes them (not plain string order: upb puts 'probabilities' before 'prob')."""
+    keys = (schema.IMAGE_KEY, schema.ID_KEY, schema.LABEL_KEY, schema.PROB_KEY,
+            schema.PROBABILITIES_KEY, schema.CLASS_LABEL_KEY)
+    sample = schema.encode_pseudo_labeled(b"x", [1.0, 0.0], true_label=0, image_id="i")
+    position = {key: sample.find(_entry_prefix(key)) for key in keys}
+    if min(position.values()) < 0 or len(set(position.values())) != len(keys):
+        raise AssertionError(f"cannot locate every key in a serialized record: {position}")
+    return tuple(sorted(keys, key=position.get))
+
+
+class PseudoLabeledEncoder:
+    """Serializes pseudo-labelled records byte-identical to `schema.encode_pseudo_labeled`.
+
+        encode = PseudoLabeledEncoder()
+        encode(image, probabilities_le_f4, label, true_label=None, image_id=None) -> bytes
+
+    The record's `prob` is probabilities[label], as `encode_pseudo_labeled` writes it by
+    default; `probabilities` must be a contiguous little-endian float32 [K] array (e.g. a
+    row of `np.ascontiguousarray(batch, '<f4')`). Values are not checked: the filter has
+    already validated them when it parsed and selected the record.
+
+    Everything that does not depend on the record's values is built once: the entries of
+    a label or true label (cached per class), the headers of the probability vector (per
+    K) and of `prob`, so a record costs a few varints and one join (~3 µs + copying).
+    """
+
+    def __init__(self):
+        self._order = _key_order()
+        self._prefix = {key: _entry_prefix(key) for key in self._order}
+        self._label_entries = {}
+        self._true_label_entries = {}
+        self._vector_heads = {}
+        self._prob_head = self._head(schema.PROB_KEY, 2, 4)
+        self._slot = {key: i for i, key in enumerate(self._order)}
+
+    def _head(self, key: str, feature_tag: int, size: int) -> bytes:
+        """Bytes of a map entry up to the payload of a Feature list with one packed field
+        of `size` bytes (`feature_tag`: 1 bytes_list, 2 float_list, 3 int64_list)."""
+        v1 = varint(size)
+        v2 = varint(1 + len(v1) + size)  # the list message
+        list_size = 1 + len(v1) + size
+        v3 = varint(1 + len(v2) + list_size)  # the Feature message
+        feature_size = 1 + len(v2) + list_size
+        prefix = self._prefix[key]
+        v4 = varint(len(prefix) + 1 + len(v3) + feature_size)  # the map entry
+        return b"".join((b"\x0a", v4, prefix, b"\x12", v3, _TAG[feature_tag], v2,
+                         b"\x0a", v1))
+
+    def _entry(self, key: str, payload: bytes, feature_tag: int) -> bytes:
+        return self._head(key, feature_tag, len(payload)) + payload
+
+    def _int_entry(self, cache: dict, key: str, value: int) -> bytes:
+        entry = cache.get(value)
+        if entry is None:
+            entry = cache[value] = self._entry(key, varint(value), 3)
+        return entry
+
+    def __call__(self, image: bytes, probabilities: np.ndarray, label: int,
+                 true_label: Optional[int] = None,
+                 image_id: Union[str, bytes, None] = None) -> bytes:
+        label = int(label)
+        k = len(probabilities)
+        vector_head = self._vector_heads.get(k)
+        if vector_head is None:
+            vector_head = self._vector_heads[k] = self._head(schema.PROBABILITIES_KEY, 2,
+                                                             4 * k)
+        # Wire bytes are the key-ordered entries; a missing optional key leaves b"".
+        parts = [b""] * len(self._order)
+        slot = self._slot
+        parts[slot[schema.IMAGE_KEY]] = self._entry(schema.IMAGE_KEY, image, 1)
+        parts[slot[schema.LABEL_KEY]] = self._int_entry(self._label_entries,
+                                                        schema.LABEL_KEY, label)
+        parts[slot[schema.PROB_KEY]] = self._prob_head + probabilities[label:label + 1].tobytes()
+        parts[slot[schema.PROBABILITIES_KEY]] = vector_head + probabilities.tobytes()
+        if image_id is not None:
+            parts[slot[schema.ID_KEY]] = self._entry(
+                schema.ID_KEY,
+                image_id.encode("utf-8") if isinstance(image_id, str) else bytes(image_id), 1)
+        if true_label is not None:
+            parts[slot[schema.CLASS_LABEL_KEY]] = self._int_entry(
+                self._true_label_entries, schema.CLASS_LABEL_KEY, int(true_label) + 1)
+        body = b"".join(parts)
+        return b"\x0a" + varint(len(body)) + body
