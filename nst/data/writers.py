@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nst.data import record_file
+
 Record = Union[bytes, tf.train.Example]
 
 
@@ -106,7 +108,7 @@ class ShardWriter:
         if directory:
             tf.io.gfile.makedirs(directory)
         self._tmp = temporary_path(self.path)
-        self._writer = tf.io.TFRecordWriter(self._tmp)
+        self._writer = record_file.RecordFileWriter(self._tmp)
         return self
 
     def write(self, record: Record):
@@ -135,7 +137,7 @@ class ShardWriter:
             return
         writer, self._writer = self._writer, None
         try:
-            writer.close()
+            writer.abort()
         finally:
             self._remove_tmp()
 

@@ -166,8 +166,8 @@ def compute_shard_histogram(config: FilterConfig, shard: int, task: int) -> np.n
     """int64 [K, 101] histogram of (shard, task)'s predictions, streamed batch by batch."""
     config.check_task(shard, task)
     total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
-    for probabilities in sources.prediction_batches(config.layout, shard, task):
-        total += hist_lib.probabilities_histogram(probabilities, config.num_label_classes)
+    for labels, conf in sources.top_classes(config.layout, shard, task):
+        total += hist_lib.histogram(labels, conf, config.num_label_classes)
     return total
 
 
@@ -288,7 +288,8 @@ def _expanded(batches, selector: select_lib.Selector, counts: np.ndarray):
     Adds the copies to counts [K]. Serialized once per image: copies share the bytes."""
     encode = wire.PseudoLabeledEncoder()
     for batch in batches:
-        labels, _, copies = selector.copies_batch(batch.probabilities, batch.image_ids)
+        labels, _, copies = selector.copies_batch(batch.probabilities, batch.image_ids,
+                                                  batch.labels, batch.conf)
         np.add.at(counts, labels, copies)
         kept = np.flatnonzero(copies)
         if not len(kept):

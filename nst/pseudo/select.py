@@ -15,7 +15,7 @@ Expected copies per class: x · total_c = num_image (both when thinning and dupl
 
 import hashlib
 import math
-from typing import Dict, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Dict, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -92,14 +92,22 @@ class Selector:
             return 0
         return copy_count(float(self.ratios[label]), uniform_from_id(self.seed, image_id))
 
-    def copies_batch(self, probabilities: np.ndarray, image_ids: Sequence):
+    def copies_batch(self, probabilities: np.ndarray, image_ids: Sequence,
+                     labels: Optional[np.ndarray] = None, conf: Optional[np.ndarray] = None):
         """probabilities float32 [n, K], n ids -> (labels int64 [n], confidences float32
-        [n], copies int64 [n]); row by row the same numbers as `copies_for`.
+        [n], copies int64 [n]); row by row the same numbers as `copies_for`. `labels` and
+        `conf`, when given, are the argmax classes and their probabilities, already
+        computed by the reader (`hist_lib.confidences` otherwise).
 
         The hash draw is made only for admitted images. ValueError naming the image if a
         confidence is not a finite value >= 0.
         """
-        labels, conf = hist_lib.confidences(probabilities, ids=image_ids)
+        if labels is None or conf is None:
+            labels, conf = hist_lib.confidences(probabilities, ids=image_ids)
+        else:
+            labels = np.asarray(labels, np.int64)
+            conf = np.asarray(conf, np.float32)
+            check_confidences(conf, ids=image_ids)
         p = conf.astype(np.float64)
         admitted = np.flatnonzero((self.thresholds[labels] <= p) & (p <= self.max_prob))
         copies = np.zeros(len(labels), np.int64)

@@ -71,6 +71,8 @@ class ItemBatch(NamedTuple):
     images: Sequence[bytes]  # [n] encoded images, unchanged
     true_labels: np.ndarray  # int [n], -1 where not stored
     probabilities: np.ndarray  # float32 [n, K]
+    labels: Optional[np.ndarray] = None  # int64 [n] argmax classes, when the reader has them
+    conf: Optional[np.ndarray] = None  # float32 [n] their probabilities
 
     def items(self) -> Iterator[Item]:
         for i, image_id in enumerate(self.image_ids):
@@ -171,6 +173,20 @@ _ABSENT_INT = -(1 << 62)  # FixedLen defaults that no valid record stores
 _ABSENT_ID = "\x00absent"
 
 
+def _top_class(probabilities: tf.Tensor):
+    """float32 [n, K] -> (label int64 [n], confidence float32 [n]) as
+    `histogram.confidences` computes them with np.argmax, but inside the reader's
+    parallel tf.data map. TensorFlow's CPU argmax returns the first maximum, as NumPy's
+    (tested, since the API leaves ties unspecified). A row holding a NaN gets confidence
+    NaN (np.argmax would pick the NaN), which the selection rejects naming the image; its
+    sum is NaN, which also flags rows with both +inf and -inf (whose np.argmax confidence,
+    +inf, is rejected as well)."""
+    label = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+    conf = tf.gather(probabilities, label, batch_dims=1)
+    nan = tf.math.is_nan(tf.reduce_sum(probabilities, axis=1))
+    return label, tf.where(nan, tf.constant(np.nan, tf.float32), conf)
+
+
 @functools.lru_cache(maxsize=None)
 def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optional[int]):
     """A tf.function (index int64 [n], serialized string [n], basename string []) -> numpy
@@ -218,6 +234,7 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
             probabilities = features[schema.PROBABILITIES_KEY]
             out["probabilities"] = probabilities
             out["has_pseudo_label"] = tf.reduce_any(tf.not_equal(probabilities, 0), axis=1)
+            out["label"], out["conf"] = _top_class(probabilities)
         out["suspect"] = suspect
         return out
 
@@ -381,20 +398,22 @@ def check_slices(layout: InputLayout, shard: int):
                          f"--total_replicas={layout.total_replicas}")
 
 
-def prediction_batches(layout: InputLayout, shard: int, task: int) -> Iterator[np.ndarray]:
-    """Pass 1 input: float32 [n, K] probability batches of (shard, task)'s images."""
+def top_classes(layout: InputLayout, shard: int, task: int) -> Iterator[tuple]:
+    """Pass 1 input: (label int64 [n], confidence float32 [n]) batches of (shard, task)'s
+    images: the argmax class of each prediction and its probability (NaN for a row with
+    a NaN, see `_top_class`)."""
     check_slices(layout, shard)
     if not layout.separate_predictions:
         path, sliced = layout.pseudo_labelled_slice(shard, task)
         _require(path, "Input shard")
         for batch in _batches(path, "pseudo_labelled", layout, sliced):
-            yield batch["probabilities"]
+            yield batch["label"], batch["conf"]
         return
     path = layout.prediction_path(shard, task)
     count = 0
     for batch in _batches(path, "predictions", layout, None):
         count += len(batch["index"])
-        yield batch["probabilities"]
+        yield batch["label"], batch["conf"]
     _check_info(layout, shard, task, count, path)
 
 
@@ -427,7 +446,7 @@ def joined_batches(layout: InputLayout, shard: int, task: int, *, method: str = 
         _require(image_path, "Input shard")
         for batch in _batches(image_path, "pseudo_labelled", layout, sliced):
             yield ItemBatch(_decoded(batch["id"]), batch["image"], batch["true_label"],
-                            batch["probabilities"])
+                            batch["probabilities"], batch["label"], batch["conf"])
         return
     _require(layout.image_path(shard), "Input shard")
     if method == "stream":
@@ -521,7 +540,7 @@ def _stream_join(layout: InputLayout, shard: int, task: int) -> Iterator[ItemBat
                     f"positional partner, record {int(image['index'][k])} of {image_path}, "
                     f"has {image_ids[k]!r}")
         yield ItemBatch(image_ids, image["image"], image["true_label"],
-                        prediction["probabilities"])
+                        prediction["probabilities"], prediction["label"], prediction["conf"])
         n += m
     rest = predictions.count_rest()
     if rest:

@@ -256,6 +256,29 @@ def test_batch_copies_equal_the_per_image_copies():
         selector.copies_batch(bad, ids)
 
 
+def test_reader_top_class_is_numpy_argmax():
+    inf, nan = np.inf, np.nan
+    rows = np.array([[0.2, 0.5, 0.5], [0.7, 0.1, 0.2], [0.0, 0.0, 0.0], [-inf, -inf, -inf],
+                     [0.3, inf, 0.2], [-1.0, -0.5, -2.0], [0.1, -inf, 0.4],
+                     [0.1, nan, 0.9], [nan, nan, 0.1], [0.1, 0.9, nan], [inf, -inf, 0.0]],
+                    np.float32)
+    labels, conf = sources._top_class(tf.constant(rows))
+    expected = rows[np.arange(len(rows)), np.argmax(rows, axis=1)]
+    finite_rows = slice(0, 7)  # the rest: NaN somewhere, or +inf with -inf
+    assert labels.numpy()[finite_rows].tolist() == np.argmax(rows, axis=1)[finite_rows].tolist()
+    np.testing.assert_array_equal(conf.numpy()[finite_rows], expected[finite_rows])
+    assert np.isnan(conf.numpy()[7:]).all()  # rejected by the selection, as with NumPy
+    with pytest.raises(ValueError, match="image 'c'"):
+        select_lib.Selector(hist_lib.Thresholds(np.zeros(K), np.ones(K)), 1).copies_batch(
+            rows[6:8], ["b", "c"], labels.numpy()[6:8], conf.numpy()[6:8])
+    rng = np.random.default_rng(0)
+    for k in (3, 40, 1000):  # many ties: the first maximum, as np.argmax
+        ties = rng.integers(0, 3, (2000, k)).astype(np.float32)
+        labels, conf = sources._top_class(tf.constant(ties))
+        assert labels.numpy().tolist() == np.argmax(ties, axis=1).tolist()
+        np.testing.assert_array_equal(conf.numpy(), ties.max(axis=1))
+
+
 def test_final_stats_layout():
     final = select_lib.final_stats([{"0": 3, "2": 5}, {"2": 1}], K)
     assert final == {"cat_count": {"2": 6, "0": 3, "1": 0},

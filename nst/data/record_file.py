@@ -1,0 +1,100 @@
+"""A TFRecord file writer that keeps the writing off the Python thread.
+
+`tf.io.TFRecordWriter.write` holds the GIL for the whole write, ~15 µs for a 7 KB record
+on our 2-core machine: for the filter, which writes half of its input again, that is as
+long as reading the input. `RecordFileWriter` frames each record itself (the TFRecord
+format: uint64 length, masked CRC32C of the length, data, masked CRC32C of the data,
+little endian) with `google_crc32c`, joins the framed records into ~4 MiB chunks and
+hands the chunks to a background thread, whose `write` calls release the GIL. The bytes
+are those of `tf.io.TFRecordWriter` (tested). Local paths are plain files; other paths
+(gs://...) go through `tf.io.gfile.GFile`.
+"""
+
+import queue
+import struct
+import threading
+
+import google_crc32c
+import tensorflow as tf
+
+_MASK_DELTA = 0xA282EAD8
+_U32 = 0xFFFFFFFF
+CHUNK_BYTES = 4 << 20
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum: CRC32C rotated right by 15 bits plus a constant (mod 2^32)."""
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
+
+
+def frame(record: bytes):
+    """The four parts of one framed record (joined by the writer, not here: a join per
+    record would copy the data twice)."""
+    length = struct.pack("<Q", len(record))
+    return (length + struct.pack("<I", masked_crc32c(length)), record,
+            struct.pack("<I", masked_crc32c(record)))
+
+
+class RecordFileWriter:
+    """write(record: bytes) ... close(). Errors of the background writes are raised by the
+    next `write` or by `close`; `abort` stops without flushing (the caller deletes the
+    file)."""
+
+    def __init__(self, path: str, chunk_bytes: int = CHUNK_BYTES):
+        self.path = path
+        self._chunk_bytes = chunk_bytes
+        self._parts = []
+        self._size = 0
+        self._error = None
+        self._file = (open(path, "wb", buffering=0) if "://" not in path
+                      else tf.io.gfile.GFile(path, "wb"))
+        self._queue = queue.Queue(maxsize=2)  # bounds memory to ~3 chunks
+        self._thread = threading.Thread(target=self._drain, name="RecordFileWriter",
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self):
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is None:
+                try:
+                    self._file.write(chunk)
+                except BaseException as e:  # pylint: disable=broad-except
+                    self._error = e
+
+    def _raise_pending(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise OSError(f"Writing {self.path} failed: {error}") from error
+
+    def write(self, record: bytes):
+        self._raise_pending()
+        self._parts.extend(frame(record))
+        self._size += len(record) + 16
+        if self._size >= self._chunk_bytes:
+            self._queue.put(b"".join(self._parts))
+            self._parts, self._size = [], 0
+
+    def _stop(self, flush: bool):
+        if self._thread is None:
+            return
+        if flush and self._parts:
+            self._queue.put(b"".join(self._parts))
+        self._parts, self._size = [], 0
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+        self._file.close()
+
+    def close(self):
+        """Writes what is buffered and closes the file."""
+        self._stop(flush=True)
+        self._raise_pending()
+
+    def abort(self):
+        """Closes the file without writing what is buffered."""
+        self._stop(flush=False)
+        self._error = None
