@@ -49,8 +49,9 @@ def test_all_parts_at_tiny_sizes(bench, tmp_path):
     table = bench.predict_table([r])
     assert table.count("\n") == 2 and "predict_on_batch" in table
 
-    f = bench.filter_rates(tmp, 2000, 1000, 2, image_bytes=64)
-    assert _positive(f["pass1"], f["ours"], f["reference"], f["ratio"], f["written"])
+    f = bench.filter_rates(tmp, 2000, 1000, 2, image_bytes=64, jobs=2)
+    assert _positive(f["pass1"], f["ours"], f["reference"], f["ratio"], f["written"],
+                     f["jobs_rate"], f["jobs_ratio"])  # the same records in every run
     assert "select_shard" in bench.filter_table(f)
 
     m = bench.memory_peak(tmp, 20_000, 10, 2, image_bytes=16)

@@ -10,6 +10,7 @@ are those of `tf.io.TFRecordWriter` (tested). Local paths are plain files; other
 (gs://...) go through `tf.io.gfile.GFile`.
 """
 
+import functools
 import queue
 import struct
 import threading
@@ -28,12 +29,17 @@ def masked_crc32c(data: bytes) -> int:
     return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _header(size: int) -> bytes:
+    """uint64 length + masked CRC32C of those 8 bytes (record sizes repeat: cached)."""
+    length = struct.pack("<Q", size)
+    return length + struct.pack("<I", masked_crc32c(length))
+
+
 def frame(record: bytes):
-    """The four parts of one framed record (joined by the writer, not here: a join per
+    """The three parts of one framed record (joined by the writer, not here: a join per
     record would copy the data twice)."""
-    length = struct.pack("<Q", len(record))
-    return (length + struct.pack("<I", masked_crc32c(length)), record,
-            struct.pack("<I", masked_crc32c(record)))
+    return _header(len(record)), record, struct.pack("<I", masked_crc32c(record))
 
 
 class RecordFileWriter:
@@ -77,6 +83,19 @@ class RecordFileWriter:
         if self._size >= self._chunk_bytes:
             self._queue.put(b"".join(self._parts))
             self._parts, self._size = [], 0
+
+    def write_many(self, records):
+        """`write` for each record, in one call."""
+        self._raise_pending()
+        parts, size, limit = self._parts, self._size, self._chunk_bytes
+        for record in records:
+            parts.extend(frame(record))
+            size += len(record) + 16
+            if size >= limit:
+                self._queue.put(b"".join(parts))
+                parts.clear()
+                size = 0
+        self._size = size
 
     def _stop(self, flush: bool):
         if self._thread is None:

@@ -13,6 +13,7 @@ in a fixed key order; that order is read once from a record serialized by protob
 rather than assumed, and tests compare the two encoders byte for byte.
 """
 
+import operator
 from typing import Optional, Union
 
 import numpy as np
@@ -21,6 +22,7 @@ from nst.data import schema
 
 _U64 = (1 << 64) - 1
 _ONE_BYTE = [bytes([n]) for n in range(0x80)]
+_HEAD_CACHE_SIZE = 1 << 16
 _TAG = {1: b"\x0a", 2: b"\x12", 3: b"\x1a"}  # Feature.bytes_list / float_list / int64_list
 
 
@@ -99,7 +101,12 @@ class PseudoLabeledEncoder:
         self._true_label_entries = {}
         self._vector_heads = {}
         self._prob_head = self._head(schema.PROB_KEY, 2, 4)
-        self._slot = {key: i for i, key in enumerate(self._order)}
+        self._bytes_heads = {schema.IMAGE_KEY: {}, schema.ID_KEY: {}}
+        # Indices of each key's pieces in the tuple `__call__` builds.
+        pieces = {schema.CLASS_LABEL_KEY: (0,), schema.IMAGE_KEY: (1, 2),
+                  schema.ID_KEY: (3, 4), schema.LABEL_KEY: (5,),
+                  schema.PROBABILITIES_KEY: (6, 7), schema.PROB_KEY: (8, 9)}
+        self._reorder = operator.itemgetter(*[i for key in self._order for i in pieces[key]])
 
     def _head(self, key: str, feature_tag: int, size: int) -> bytes:
         """Bytes of a map entry up to the payload of a Feature list with one packed field
@@ -117,6 +124,17 @@ class PseudoLabeledEncoder:
     def _entry(self, key: str, payload: bytes, feature_tag: int) -> bytes:
         return self._head(key, feature_tag, len(payload)) + payload
 
+    def _bytes_head(self, key: str, size: int) -> bytes:
+        """Head of a one-value bytes_list entry, cached by payload size (image and id
+        sizes repeat; the cache is bounded)."""
+        cache = self._bytes_heads[key]
+        head = cache.get(size)
+        if head is None:
+            if len(cache) >= _HEAD_CACHE_SIZE:
+                cache.clear()
+            head = cache[size] = self._head(key, 1, size)
+        return head
+
     def _int_entry(self, cache: dict, key: str, value: int) -> bytes:
         entry = cache.get(value)
         if entry is None:
@@ -132,20 +150,21 @@ class PseudoLabeledEncoder:
         if vector_head is None:
             vector_head = self._vector_heads[k] = self._head(schema.PROBABILITIES_KEY, 2,
                                                              4 * k)
-        # Wire bytes are the key-ordered entries; a missing optional key leaves b"".
-        parts = [b""] * len(self._order)
-        slot = self._slot
-        parts[slot[schema.IMAGE_KEY]] = self._entry(schema.IMAGE_KEY, image, 1)
-        parts[slot[schema.LABEL_KEY]] = self._int_entry(self._label_entries,
-                                                        schema.LABEL_KEY, label)
-        parts[slot[schema.PROB_KEY]] = self._prob_head + probabilities[label:label + 1].tobytes()
-        parts[slot[schema.PROBABILITIES_KEY]] = vector_head + probabilities.tobytes()
-        if image_id is not None:
-            parts[slot[schema.ID_KEY]] = self._entry(
-                schema.ID_KEY,
-                image_id.encode("utf-8") if isinstance(image_id, str) else bytes(image_id), 1)
-        if true_label is not None:
-            parts[slot[schema.CLASS_LABEL_KEY]] = self._int_entry(
-                self._true_label_entries, schema.CLASS_LABEL_KEY, int(true_label) + 1)
-        body = b"".join(parts)
-        return b"\x0a" + varint(len(body)) + body
+        if image_id is None:
+            id_head = image_id = b""
+        else:
+            if isinstance(image_id, str):
+                image_id = image_id.encode("utf-8")
+            id_head = self._bytes_head(schema.ID_KEY, len(image_id))
+        class_entry = b"" if true_label is None else self._int_entry(
+            self._true_label_entries, schema.CLASS_LABEL_KEY, int(true_label) + 1)
+        # The pieces of every entry, in the fixed order of `_pieces`; an absent key's
+        # pieces are b"". Reordered to the serialization's key order in C (itemgetter).
+        pieces = (class_entry, self._bytes_head(schema.IMAGE_KEY, len(image)), image,
+                  id_head, image_id,
+                  self._int_entry(self._label_entries, schema.LABEL_KEY, label),
+                  vector_head, probabilities.tobytes(),
+                  self._prob_head, probabilities[label:label + 1].tobytes())
+        ordered = self._reorder(pieces)
+        size = sum(map(len, ordered))
+        return b"".join((b"\x0a", varint(size)) + ordered)

@@ -119,6 +119,19 @@ class ShardWriter:
         self._writer.write(record)
         self.num_records += 1
 
+    def write_many(self, records: Sequence[bytes]):
+        """Writes serialized records (bytes only)."""
+        if self._writer is None:
+            if not records:
+                return
+            raise RuntimeError(f"{self.path} is not open")
+        self._writer.write_many(records)
+        self.num_records += len(records)
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     def close(self):
         """Closes and publishes the file under its final name."""
         if self._writer is None:

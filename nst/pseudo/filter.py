@@ -283,25 +283,29 @@ def load_thresholds(config: FilterConfig) -> hist_lib.Thresholds:
 # --------------------------------------------------------------------------- 3. select
 
 
-def _expanded(batches, selector: select_lib.Selector, counts: np.ndarray):
-    """Joined item batches -> serialized output records, each repeated `copies` times.
-    Adds the copies to counts [K]. Serialized once per image: copies share the bytes."""
-    encode = wire.PseudoLabeledEncoder()
-    for batch in batches:
-        labels, _, copies = selector.copies_batch(batch.probabilities, batch.image_ids,
-                                                  batch.labels, batch.conf)
-        np.add.at(counts, labels, copies)
-        kept = np.flatnonzero(copies)
-        if not len(kept):
-            continue
-        probabilities = np.ascontiguousarray(batch.probabilities, "<f4")
-        true_labels = batch.true_labels.tolist()
-        for i, n, label in zip(kept.tolist(), copies[kept].tolist(), labels[kept].tolist()):
-            record = encode(batch.images[i], probabilities[i], label,
-                            true_labels[i] if true_labels[i] >= 0 else None,
-                            batch.image_ids[i])
-            for _ in range(n):
-                yield record
+def _batch_records(batch: sources.ItemBatch, selector: select_lib.Selector,
+                   counts: np.ndarray, encode: wire.PseudoLabeledEncoder) -> list:
+    """One joined batch -> its serialized output records, each repeated `copies` times
+    (serialized once per image: the copies share the bytes). Adds the copies to counts."""
+    labels, _, copies = selector.copies_batch(batch.probabilities, batch.image_ids,
+                                              batch.labels, batch.conf)
+    counts += np.bincount(labels, weights=copies, minlength=len(counts)).astype(np.int64)
+    kept = np.flatnonzero(copies)
+    if not len(kept):
+        return []
+    probabilities = np.ascontiguousarray(batch.probabilities, "<f4")
+    true_labels = batch.true_labels.tolist()
+    images, ids = batch.images, batch.image_ids
+    records = []
+    for i, n, label in zip(kept.tolist(), copies[kept].tolist(), labels[kept].tolist()):
+        true_label = true_labels[i]
+        record = encode(images[i], probabilities[i], label,
+                        true_label if true_label >= 0 else None, ids[i])
+        if n == 1:
+            records.append(record)
+        else:
+            records.extend([record] * n)
+    return records
 
 
 def _write_selection(config: FilterConfig, shard: int, task: int, batches,
@@ -310,19 +314,29 @@ def _write_selection(config: FilterConfig, shard: int, task: int, batches,
     No file when nothing is kept (as the original); a stale one is removed."""
     counts = np.zeros(config.num_label_classes, np.int64)
     path = config.data_path(shard, task)
-    with contextlib.closing(batches):
-        records = select_lib.shuffled(_expanded(batches, selector, counts),
-                                      config.shuffle_buffer,
-                                      select_lib.shard_rng(config.seed, shard, task))
-        first = next(records, None)
-        if first is None:
-            if tf.io.gfile.exists(path):
-                tf.io.gfile.remove(path)
-            return counts
-        with writers.ShardWriter(path) as writer:
-            writer.write(first)
-            for record in records:
-                writer.write(record)
+    encode = wire.PseudoLabeledEncoder()
+    shuffler = select_lib.Shuffler(config.shuffle_buffer,
+                                   select_lib.shard_rng(config.seed, shard, task))
+    writer = writers.ShardWriter(path)
+    try:
+        with contextlib.closing(batches):
+            for batch in batches:
+                records = shuffler.push(_batch_records(batch, selector, counts, encode))
+                if records:
+                    if not writer.is_open:
+                        writer.open()
+                    writer.write_many(records)
+        records = shuffler.drain()
+        if records and not writer.is_open:
+            writer.open()
+        writer.write_many(records)
+    except BaseException:
+        writer.abort()
+        raise
+    if writer.is_open:
+        writer.close()
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
     return counts
 
 

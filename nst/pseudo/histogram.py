@@ -55,7 +55,12 @@ def check_confidences(conf: np.ndarray, what: str = "confidence",
     bad = ~np.isfinite(conf) | (conf < 0)
     if np.any(bad):
         i = int(np.argmax(bad))
-        where = f"image {ids[i]!r}" if ids is not None else f"item {i}"
+        where = f"item {i}"
+        if ids is not None:
+            image_id = ids[i]
+            if isinstance(image_id, bytes):
+                image_id = image_id.decode("utf-8", "replace")
+            where = f"image {image_id!r}"
         raise ValueError(f"{what} {conf[i]!r} ({where}) is not a finite value >= 0")
 
 

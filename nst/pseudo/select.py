@@ -128,6 +128,49 @@ class Selector:
         return label, conf, self.copies(label, conf, image_id)
 
 
+class Shuffler:
+    """The bounded shuffle of `shuffled`, fed a list at a time (no per-item generator
+    frames: the filter pushes one batch of records per call).
+
+        shuffler = Shuffler(buffer_size, rng)
+        for batch in ...: write(shuffler.push(batch))   # items leaving the buffer
+        write(shuffler.drain())                          # the rest, in random order
+    """
+
+    def __init__(self, buffer_size: int, rng: np.random.Generator, draws: int = 4096):
+        self.buffer_size = int(buffer_size)
+        self._rng = rng
+        self._draws = draws
+        self._buffer = []
+        self._slots = []
+        self._next = 0
+
+    def push(self, items: Sequence[T]) -> list:
+        if self.buffer_size <= 1:
+            return list(items)
+        buffer, size = self._buffer, self.buffer_size
+        slots, next_slot = self._slots, self._next
+        out = []
+        for item in items:
+            if len(buffer) < size:
+                buffer.append(item)
+                continue
+            if next_slot == len(slots):
+                # One NumPy call per draw would cost more than the rest of the loop.
+                slots = self._rng.integers(size, size=self._draws).tolist()
+                next_slot = 0
+            i = slots[next_slot]
+            next_slot += 1
+            out.append(buffer[i])
+            buffer[i] = item
+        self._slots, self._next = slots, next_slot
+        return out
+
+    def drain(self) -> list:
+        buffer, self._buffer = self._buffer, []
+        return [buffer[i] for i in self._rng.permutation(len(buffer)).tolist()]
+
+
 def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator,
              draws: int = 4096) -> Iterator[T]:
     """Yields `items` in a random order using at most `buffer_size` of them in memory.
@@ -136,30 +179,12 @@ def shuffled(items: Iterable[T], buffer_size: int, rng: np.random.Generator,
     replaces a uniformly chosen buffered one, which is emitted; the rest is emitted in a
     random order at the end. Duplicates written back to back therefore spread over about
     `buffer_size` records (the original shuffled disjoint 10K chunks, §11). The slot
-    indices are drawn `draws` at a time (one NumPy call per draw costs more than the rest
-    of the loop). buffer_size <= 1 keeps the input order.
+    indices are drawn `draws` at a time. buffer_size <= 1 keeps the input order.
     """
-    if buffer_size <= 1:
-        yield from items
-        return
-    buffer = []
-    items = iter(items)
+    shuffler = Shuffler(buffer_size, rng, draws)
     for item in items:
-        buffer.append(item)
-        if len(buffer) == buffer_size:
-            break
-    slots = ()
-    next_slot = 0
-    for item in items:
-        if next_slot == len(slots):
-            slots = rng.integers(buffer_size, size=draws).tolist()
-            next_slot = 0
-        i = slots[next_slot]
-        next_slot += 1
-        yield buffer[i]
-        buffer[i] = item
-    for i in rng.permutation(len(buffer)).tolist():
-        yield buffer[i]
+        yield from shuffler.push((item,))
+    yield from shuffler.drain()
 
 
 def final_stats(shard_counts: Iterable[Mapping[str, int]], num_classes: int) -> Dict:

@@ -67,7 +67,7 @@ class Item(NamedTuple):
 class ItemBatch(NamedTuple):
     """Up to BATCH_SIZE images joined with their predictions, n = len(image_ids)."""
 
-    image_ids: List[str]  # [n], as Item.image_id
+    image_ids: Sequence  # [n] ids as Item.image_id, str or UTF-8 bytes
     images: Sequence[bytes]  # [n] encoded images, unchanged
     true_labels: np.ndarray  # int [n], -1 where not stored
     probabilities: np.ndarray  # float32 [n, K]
@@ -76,6 +76,8 @@ class ItemBatch(NamedTuple):
 
     def items(self) -> Iterator[Item]:
         for i, image_id in enumerate(self.image_ids):
+            if isinstance(image_id, bytes):
+                image_id = image_id.decode("utf-8")
             yield Item(image_id, self.images[i], int(self.true_labels[i]),
                        self.probabilities[i])
 
@@ -445,7 +447,8 @@ def joined_batches(layout: InputLayout, shard: int, task: int, *, method: str = 
         image_path, sliced = layout.pseudo_labelled_slice(shard, task)
         _require(image_path, "Input shard")
         for batch in _batches(image_path, "pseudo_labelled", layout, sliced):
-            yield ItemBatch(_decoded(batch["id"]), batch["image"], batch["true_label"],
+            # Ids stay bytes: hashing and encoding take them as they are.
+            yield ItemBatch(batch["id"], batch["image"], batch["true_label"],
                             batch["probabilities"], batch["label"], batch["conf"])
         return
     _require(layout.image_path(shard), "Input shard")

@@ -21,7 +21,11 @@ def test_bytes_equal_tfrecordwriter_and_read_back(tmp_path, chunk_bytes):
         for r in records:
             w.write(r)
     writer = record_file.RecordFileWriter(str(tmp_path / "ours"), chunk_bytes=chunk_bytes)
-    for r in records:
+    for r in records[:100]:
+        writer.write(r)
+    writer.write_many(records[100:200])
+    writer.write_many([])
+    for r in records[200:]:
         writer.write(r)
     writer.close()
     assert (tmp_path / "ours").read_bytes() == (tmp_path / "reference").read_bytes()

@@ -614,17 +614,17 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
         filter_lib.write_shard_histogram(config, s, 0)
     filter_lib.reduce_histograms(config)
 
-    original_write = writers.ShardWriter.write
+    original_write_many = writers.ShardWriter.write_many
 
-    def dying_write(self, record):
+    def dying_write_many(self, records):  # killed after the 10th record
+        original_write_many(self, records[:10 - self.num_records])
         if self.num_records == 10:
             raise KeyboardInterrupt("killed")
-        original_write(self, record)
 
-    monkeypatch.setattr(writers.ShardWriter, "write", dying_write)
+    monkeypatch.setattr(writers.ShardWriter, "write_many", dying_write_many)
     with pytest.raises(KeyboardInterrupt):
         filter_lib.select_shard(config, 0, 0)
-    monkeypatch.setattr(writers.ShardWriter, "write", original_write)
+    monkeypatch.setattr(writers.ShardWriter, "write_many", original_write_many)
     data = os.path.join(config.output_dir, "data")
     assert os.listdir(data) == [] and not os.path.exists(config.stats_path(0, 0))
     # A stale temporary of a killed process is ignored and does not duplicate anything.
