@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 TENSORFLOW = "tensorflow>=2.21,<2.22"
 # The filter stage on Apache Beam (`nst-filter-unlabel-beam`, docs/pseudo_labels.md).
 # protobuf: apache-beam 2.77 needs <7, tensorflow 2.21 (and tensorboard 2.21) >=6.31.1.
-BEAM = ["apache-beam>=2.77,<3", "google-crc32c", "protobuf>=6.31.1,<7"]
+BEAM = ["apache-beam>=2.77,<3", "protobuf>=6.31.1,<7"]  # google-crc32c: a core dependency
 
 setup(
     name="nst",

@@ -4,8 +4,10 @@ input layouts, resume behaviour and the `nst.filter_unlabel` binary."""
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import tensorflow as tf
 from absl import flags
 
 from nst import fileio, filter_unlabel
-from nst.data import readers, schema, writers
+from nst.data import readers, schema, wire, writers
 from nst.pseudo import filter as filter_lib
 from nst.pseudo import histogram as hist_lib
 from nst.pseudo import select as select_lib
@@ -644,6 +646,48 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
     mtime = os.path.getmtime(config.data_path(0, 0))
     assert filter_lib.select_shard(config, 0, 0) is None
     assert os.path.getmtime(config.data_path(0, 0)) == mtime
+
+
+@pytest.mark.slow
+def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
+    """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
+    its data file publishes nothing; the rerun writes exactly an uninterrupted run's
+    files (the killed process's hidden temporary is left and ignored)."""
+    rng = np.random.default_rng(3)
+    n, k = 60_000, 10
+    probs = rng.random((n, k), dtype=np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    encode = wire.PseudoLabeledEncoder()
+    blob = rng.bytes(1 << 16)
+    writers.write_records(str(tmp_path / "in" / "train-00000-of-00001"), [
+        encode(blob[i % 60000:i % 60000 + 2000], probs[i].astype("<f4"),
+               int(probs[i].argmax()), None, f"img-{i}") for i in range(n)])
+    settings = dict(num_shards=1, num_label_classes=k, num_image=9000)
+    reference = _config(tmp_path, "reference", **settings)
+    _run_all(reference)
+    config = _config(tmp_path, "killed", **settings)
+    filter_lib.write_shard_histogram(config, 0, 0)
+    filter_lib.reduce_histograms(config)
+    command = [sys.executable, "-m", "nst.filter_unlabel", "--only_get_stats=0",
+               f"--input_dir={config.input_dir}", f"--output_dir={config.output_dir}",
+               "--num_shards=1", f"--num_label_classes={k}", "--num_image=9000"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    data = os.path.join(config.output_dir, "data")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline and not (
+            os.path.isdir(data) and any(f.startswith(".") for f in os.listdir(data))):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(config.stats_path(0, 0)), "finished before the kill"
+    assert [f for f in os.listdir(data) if not f.startswith(".")] == []  # nothing published
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    filter_lib.finalize_stats(config)
+    got = {name: data for name, data in _files(config.output_dir).items()
+           if not os.path.basename(name).startswith(".")}
+    assert got == _files(reference.output_dir)
 
 
 # --------------------------------------------------------------------------- binary
