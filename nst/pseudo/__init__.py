@@ -18,4 +18,5 @@ from nst.pseudo.histogram import (GRID, NUM_BUCKETS, Thresholds, bucket_indices,
                                   choose_threshold, choose_thresholds,
                                   probabilities_histogram)
 from nst.pseudo.select import Selector, copy_count, copy_ratio, uniform_from_id
-from nst.pseudo.sources import InputLayout, Item, PredictionOrderMismatch, joined_items
+from nst.pseudo.sources import (InputLayout, Item, ItemBatch, PredictionOrderMismatch,
+                                joined_batches, joined_items)
