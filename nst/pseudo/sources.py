@@ -167,7 +167,8 @@ def _require(path: str, what: str):
 
 # What a reader needs from a file (the filter validates the features it uses):
 #   "images"           image/encoded, image/id, image/class/label    (schema `unlabeled`)
-#   "pseudo_labelled"  the same plus probabilities [K], not all zero (schema `unlabeled`)
+#   "pseudo_labelled"  the same plus probabilities [K], not all zero, and a stored label /
+#                      prob checked but not used (schema `unlabeled`)
 #   "predictions"      probabilities [K], image/id                   (schema `prediction`)
 _SCHEMA_OF = {"images": "unlabeled", "pseudo_labelled": "unlabeled",
               "predictions": "prediction"}
@@ -209,6 +210,12 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
                                                              default_value=_ABSENT_INT)
     if kind != "images":
         spec[schema.PROBABILITIES_KEY] = tf.io.FixedLenFeature([num_classes], tf.float32)
+    if kind == "pseudo_labelled":
+        # Not used (recomputed from the probabilities), but checked as the schema does:
+        # a repeated value fails the parse, a label outside [0, K) is suspect.
+        spec[schema.LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64,
+                                                       default_value=_ABSENT_INT)
+        spec[schema.PROB_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
                                   tf.TensorSpec([None], tf.string),
@@ -237,6 +244,10 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
             out["probabilities"] = probabilities
             out["has_pseudo_label"] = tf.reduce_any(tf.not_equal(probabilities, 0), axis=1)
             out["label"], out["conf"] = _top_class(probabilities)
+        if kind == "pseudo_labelled":
+            stored = features[schema.LABEL_KEY]
+            suspect |= tf.reduce_any(tf.not_equal(stored, _ABSENT_INT)
+                                     & ((stored < 0) | (stored >= num_classes)))
         out["suspect"] = suspect
         return out
 

@@ -529,6 +529,27 @@ def test_bad_input_records_are_named(tmp_path):
     writers.write_records(path, [schema.encode_unlabeled(b"x", image_id="raw")])
     with pytest.raises(ValueError, match=f"Record 0 of {path} holds no teacher prob"):
         filter_lib.write_shard_histogram(config, 0, 0)
+    # Fields the filter does not use are still checked as the schema checks them: a
+    # stored label out of range or repeated, a true label out of range.
+    good = [schema.encode_pseudo_labeled(e.image, e.probs, image_id=e.id) for e in examples]
+
+    def record(label=(0,), true_label=()):
+        feature = {
+            schema.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
+            schema.PROBABILITIES_KEY: tf.train.Feature(
+                float_list=tf.train.FloatList(value=_probs(0, 0.9).tolist())),
+            schema.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=label)),
+            schema.CLASS_LABEL_KEY: tf.train.Feature(
+                int64_list=tf.train.Int64List(value=true_label))}
+        return tf.train.Example(features=tf.train.Features(feature=feature)
+                                ).SerializeToString()
+
+    for bad, message in ((record(label=[7]), "record 1 in .*pseudo label 7"),
+                         (record(label=[0, 1]), "record 1 in .*label has 2 values"),
+                         (record(true_label=[9]), "record 1 in .*true label 8")):
+        writers.write_records(path, good[:1] + [bad] + good[1:])
+        with pytest.raises(ValueError, match=message):
+            filter_lib.write_shard_histogram(config, 0, 0, overwrite=True)
     writers.write_records(path, [b"not an example"])
     with pytest.raises(ValueError, match=f"Cannot read {path}"):
         filter_lib.write_shard_histogram(config, 0, 0)
