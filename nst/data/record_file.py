@@ -77,15 +77,10 @@ class RecordFileWriter:
             raise OSError(f"Writing {self.path} failed: {error}") from error
 
     def write(self, record: bytes):
-        self._raise_pending()
-        self._parts.extend(frame(record))
-        self._size += len(record) + 16
-        if self._size >= self._chunk_bytes:
-            self._queue.put(b"".join(self._parts))
-            self._parts, self._size = [], 0
+        self.write_many((record,))
 
     def write_many(self, records):
-        """`write` for each record, in one call."""
+        """Frames the records and hands every full chunk to the writer thread."""
         self._raise_pending()
         parts, size, limit = self._parts, self._size, self._chunk_bytes
         for record in records:

@@ -46,21 +46,6 @@ def _delimited(tag: int, payload: bytes) -> bytes:
     return bytes([(tag << 3) | 2]) + varint(len(payload)) + payload
 
 
-def bytes_feature(value: bytes) -> bytes:
-    """Serialized Feature{bytes_list{value: [value]}}."""
-    return _delimited(1, _delimited(1, value))
-
-
-def float_feature(raw: bytes) -> bytes:
-    """Serialized Feature{float_list{value: ...}} from little-endian float32 bytes."""
-    return _delimited(2, _delimited(1, raw))
-
-
-def int64_feature(value: int) -> bytes:
-    """Serialized Feature{int64_list{value: [value]}}."""
-    return _delimited(3, _delimited(1, varint(value)))
-
-
 def _entry_prefix(key: str) -> bytes:
     """The map entry's key field; the value field follows."""
     return _delimited(1, key.encode("utf-8"))

@@ -122,8 +122,6 @@ class ShardWriter:
     def write_many(self, records: Sequence[bytes]):
         """Writes serialized records (bytes only)."""
         if self._writer is None:
-            if not records:
-                return
             raise RuntimeError(f"{self.path} is not open")
         self._writer.write_many(records)
         self.num_records += len(records)

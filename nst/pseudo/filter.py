@@ -318,18 +318,18 @@ def _write_selection(config: FilterConfig, shard: int, task: int, batches,
     shuffler = select_lib.Shuffler(config.shuffle_buffer,
                                    select_lib.shard_rng(config.seed, shard, task))
     writer = writers.ShardWriter(path)
+
+    def emit(records):  # the file is opened by the first record
+        if records:
+            if not writer.is_open:
+                writer.open()
+            writer.write_many(records)
+
     try:
         with contextlib.closing(batches):
             for batch in batches:
-                records = shuffler.push(_batch_records(batch, selector, counts, encode))
-                if records:
-                    if not writer.is_open:
-                        writer.open()
-                    writer.write_many(records)
-        records = shuffler.drain()
-        if records and not writer.is_open:
-            writer.open()
-        writer.write_many(records)
+                emit(shuffler.push(_batch_records(batch, selector, counts, encode)))
+        emit(shuffler.drain())
     except BaseException:
         writer.abort()
         raise

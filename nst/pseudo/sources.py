@@ -190,6 +190,19 @@ def _top_class(probabilities: tf.Tensor):
     return label, tf.where(nan, tf.constant(np.nan, tf.float32), conf)
 
 
+# (index int64 [n], serialized string [n], file or basename string []) of both parsers.
+_PARSER_SIGNATURE = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
+                     tf.TensorSpec([], tf.string)]
+
+
+def _worker_slice(index, serialized, total_replicas: int, task: Optional[int]):
+    """The records with index mod total_replicas == task (all of them with task None)."""
+    if task is None or total_replicas <= 1:
+        return index, serialized
+    keep = tf.equal(index % total_replicas, task)
+    return tf.boolean_mask(index, keep), tf.boolean_mask(serialized, keep)
+
+
 @functools.lru_cache(maxsize=None)
 def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optional[int]):
     """A tf.function (index int64 [n], serialized string [n], basename string []) -> numpy
@@ -217,14 +230,9 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
                                                        default_value=_ABSENT_INT)
         spec[schema.PROB_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
-                                  tf.TensorSpec([None], tf.string),
-                                  tf.TensorSpec([], tf.string)])
+    @tf.function(input_signature=_PARSER_SIGNATURE)
     def parse(index, serialized, basename):
-        if task is not None and total_replicas > 1:
-            keep = tf.equal(index % total_replicas, task)
-            index = tf.boolean_mask(index, keep)
-            serialized = tf.boolean_mask(serialized, keep)
+        index, serialized = _worker_slice(index, serialized, total_replicas, task)
         features = tf.io.parse_example(serialized, spec)
         stored_id = features[schema.ID_KEY]
         derived_id = tf.strings.join([basename, ":", tf.strings.as_string(index)])
@@ -260,14 +268,9 @@ def _checked_parser(record_format: str, num_classes: int, total_replicas: int,
     """Like `_fast_parser` with the checked schema parse: features + index + `problem`."""
     fmt = schema.get_format(record_format)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
-                                  tf.TensorSpec([None], tf.string),
-                                  tf.TensorSpec([], tf.string)])
+    @tf.function(input_signature=_PARSER_SIGNATURE)
     def parse(index, serialized, file):
-        if task is not None and total_replicas > 1:
-            keep = tf.equal(index % total_replicas, task)
-            index = tf.boolean_mask(index, keep)
-            serialized = tf.boolean_mask(serialized, keep)
+        index, serialized = _worker_slice(index, serialized, total_replicas, task)
         features, problems = fmt.parse_checked(serialized, num_classes, file, index)
         return dict(features, index=index, problem=problems)
 
