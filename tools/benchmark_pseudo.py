@@ -13,12 +13,13 @@ Three parts, each measured against a reference in the same run:
       a fixed set-up (reader graph, counting pass) that real shards amortise; a
       one-batch slice next to the big one separates it from the per-image cost, which
       is what the target >= 0.9 applies to (the big slice's own ratio is shown too).
-  (b) filter pass 2: `filter.select_shard` over pseudo-labelled shards (after pass 1 and
-      the reduce), in input records/s, vs a bare `TFRecordDataset(files).batch(n)
+  (b) filter pass 2: one job, `filter.select_shards` over all the pseudo-labelled shards
+      (after pass 1 and the reduce; = `nst-filter-unlabel --only_get_stats=0
+      --shard_id=0-<N-1>`), in input records/s, vs a bare `TFRecordDataset(files).batch(n)
       .map(tf.io.parse_example)` of the same keys over the same files. Target >= 0.5.
-      Also timed: --filter_jobs shard jobs at once (one process each, as concurrent
-      `nst-filter-unlabel --only_get_stats=0` invocations run), the way the stage uses a
-      machine's cores.
+      Also timed: --filter_jobs jobs at once, each taking its part of the shards (one
+      process each, as concurrent `nst-filter-unlabel --only_get_stats=0 --shard_id=a-b`
+      invocations run), the way the stage uses a machine's cores.
   (c) memory: pass 1 + reduce + pass 2 + finalize over `--memory_records` pseudo-
       labelled records of `--memory_classes` classes, in one child process that runs
       every shard in turn; its peak RSS (`os.wait4` rusage of that child) must stay
@@ -289,19 +290,22 @@ def bare_read_rate(files, num_classes: int, batch_size: int = 256) -> float:
 
 
 def _jobs_rate(config, thresholds, num_records: int, jobs: int) -> tuple:
-    """Pass 2 as the shard jobs run on one machine: `jobs` processes (spawned and warmed
-    up first: imports, traced reader), each running `select_shard` on one shard at a
-    time, like `jobs` concurrent `nst-filter-unlabel --only_get_stats=0` invocations."""
-    shards = range(config.num_shards)
+    """Pass 2 as shard jobs run on one machine: `jobs` processes (spawned and warmed up
+    first: imports, traced reader), each running `select_shards` on its contiguous part
+    of the shards, like `jobs` concurrent `nst-filter-unlabel --only_get_stats=0
+    --shard_id=a-b` invocations."""
+    bounds = writers.shard_boundaries(config.num_shards, jobs)
+    parts = [list(range(bounds[j], bounds[j + 1])) for j in range(jobs)
+             if bounds[j + 1] > bounds[j]]
     with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(filter_lib.compute_shard_histogram, [config] * jobs, [0] * jobs,
-                      [0] * jobs))
+            len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        n = len(parts)
+        list(pool.map(filter_lib.compute_shard_histogram, [config] * n, [0] * n, [0] * n))
         start = time.perf_counter()
-        stats = list(pool.map(filter_lib.select_shard, [config] * len(shards), shards,
-                              [0] * len(shards), [thresholds] * len(shards)))
+        stats = list(pool.map(filter_lib.select_shards, [config] * n, parts, [0] * n,
+                              [thresholds] * n))
         rate = num_records / (time.perf_counter() - start)
-    return rate, sum(sum(s.values()) for s in stats)
+    return rate, sum(sum(s.values()) for part in stats for s in part.values())
 
 
 def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
@@ -324,8 +328,7 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
             num_label_classes=num_classes, num_image=num_image)
 
     start = time.perf_counter()
-    for shard in range(num_shards):
-        filter_lib.write_shard_histogram(config("out0"), shard, 0)
+    filter_lib.write_shard_histograms(config("out0"), range(num_shards), 0)
     pass1 = num_records / (time.perf_counter() - start)
     files = [config("out0").layout.image_path(s) for s in range(num_shards)]
     reference, ours, written = 0.0, 0.0, set()
@@ -334,11 +337,9 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
         cfg = config(f"out{repeat}")
         thresholds = filter_lib.reduce_histograms(cfg)
         start = time.perf_counter()
-        total = 0
-        for shard in range(num_shards):
-            total += sum(filter_lib.select_shard(cfg, shard, 0, thresholds).values())
+        stats = filter_lib.select_shards(cfg, range(num_shards), 0, thresholds)
         ours = max(ours, num_records / (time.perf_counter() - start))
-        written.add(total)
+        written.add(sum(sum(s.values()) for s in stats.values()))
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
     jobs_rate = None
     if jobs > 1:
@@ -351,8 +352,9 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
     # Diagnostic: pass 2's input alone (reader + joined batches), no selection, encoding
     # or writing.
     start = time.perf_counter()
-    for shard in range(num_shards):
-        for _ in sources.joined_batches(config("out0").layout, shard, 0):
+    for _, batches in sources.shard_joined_batches(config("out0").layout, range(num_shards),
+                                                   0):
+        for _ in batches:
             pass
     items_only = num_records / (time.perf_counter() - start)
     shutil.rmtree(root, ignore_errors=True)
@@ -369,8 +371,8 @@ def filter_table(r) -> str:
 
     lines = [
         "| records × classes (shards) | kept copies written | pass 1 histogram (rec/s) | "
-        "bare `TFRecordDataset` + `parse_example` (rec/s) | pass 2 `select_shard`, one job "
-        "(rec/s) | ratio | pass-2 input alone: `sources.joined_batches` (rec/s) |",
+        "bare `TFRecordDataset` + `parse_example` (rec/s) | pass 2 `select_shards`, one job "
+        "(rec/s) | ratio | pass-2 input alone: `sources.shard_joined_batches` (rec/s) |",
         "|---|---|---|---|---|---|---|",
         f"| {r['records']:,} × {r['classes']} ({r['shards']}), "
         f"{r['input_bytes'] / 2**20:,.0f} MiB | {r['written']:,} (num_image={r['num_image']}) | "
@@ -405,15 +407,13 @@ def run_filter_child(directory: str, num_classes: int, num_shards: int, num_imag
                                      num_image=num_image)
     times = {}
     start = time.perf_counter()
-    for shard in range(num_shards):
-        filter_lib.write_shard_histogram(config, shard, 0)
+    filter_lib.write_shard_histograms(config, range(num_shards), 0)
     times["pass1"] = time.perf_counter() - start
     start = time.perf_counter()
     filter_lib.reduce_histograms(config)
     times["reduce"] = time.perf_counter() - start
     start = time.perf_counter()
-    for shard in range(num_shards):
-        filter_lib.select_shard(config, shard, 0)
+    filter_lib.select_shards(config, range(num_shards), 0)
     times["pass2"] = time.perf_counter() - start
     final = filter_lib.finalize_stats(config)
     print(json.dumps({"times": times, "written": final["total_cnt"],

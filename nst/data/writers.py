@@ -50,6 +50,31 @@ def filtered_path(output_dir: str, task: int, shard: int, num_shards: int) -> st
     return _join(output_dir, "data", task_shard_name("train", task, shard, num_shards))
 
 
+def parse_shard_ids(text: str, num_shards: int) -> List[int]:
+    """'3' | '0,1,2' | '0-9' | '0-3,7' -> sorted unique shard ids, each in [0, num_shards)."""
+    ids = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                if high < low:
+                    raise ValueError
+                ids.update(range(low, high + 1))
+            else:
+                ids.add(int(part))
+        except ValueError:
+            raise ValueError(f"--shard_id={text!r}: {part!r} is not a shard id or a range "
+                             f"'a-b' with a <= b") from None
+    bad = sorted(i for i in ids if not 0 <= i < num_shards)
+    if not ids or bad:
+        raise ValueError(f"--shard_id={text!r} must name shards in [0, --num_shards="
+                         f"{num_shards}); bad: {bad or 'none given'}")
+    return sorted(ids)
+
+
 def shard_boundaries(num_records: int, num_shards: int) -> List[int]:
     """Record boundaries of `num_shards` shards, as `proc_svhn.py` (§3.2).
 

@@ -27,7 +27,7 @@ shuffling, final statistics) as pure functions; this module adds files and names
 import contextlib
 import dataclasses
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -162,27 +162,48 @@ def is_master(shard: int, task: int) -> bool:
 # --------------------------------------------------------------------------- 1. histogram
 
 
+def _histograms(config: FilterConfig, shards: Sequence[int], task: int):
+    """(shard, int64 [K, 101] histogram of (shard, task)'s predictions) for each shard in
+    turn, streamed batch by batch through one reader."""
+    for shard in shards:
+        config.check_task(shard, task)
+    for shard, batches in sources.shard_top_classes(config.layout, shards, task):
+        total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
+        for labels, conf in batches:
+            total += hist_lib.histogram(labels, conf, config.num_label_classes)
+        yield shard, total
+
+
 def compute_shard_histogram(config: FilterConfig, shard: int, task: int) -> np.ndarray:
     """int64 [K, 101] histogram of (shard, task)'s predictions, streamed batch by batch."""
-    config.check_task(shard, task)
-    total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
-    for labels, conf in sources.top_classes(config.layout, shard, task):
-        total += hist_lib.histogram(labels, conf, config.num_label_classes)
-    return total
+    return next(_histograms(config, [shard], task))[1]
+
+
+def write_shard_histograms(config: FilterConfig, shards: Sequence[int], task: int,
+                           overwrite: bool = False) -> List[str]:
+    """Pass 1 for several shards of one task (one reader for all of them: a job that
+    takes many small shards does not pay a reader set-up per shard); an existing
+    histogram is kept unless `overwrite`. Returns the histogram paths, one per shard."""
+    todo = []
+    for shard in shards:
+        config.check_task(shard, task)
+        path = config.histogram_path(shard, task)
+        if not overwrite and tf.io.gfile.exists(path):
+            logging.info("%s exists: histogram of shard %d task %d already done", path,
+                         shard, task)
+        else:
+            todo.append(shard)
+    for shard, hist in _histograms(config, todo, task):
+        path = config.histogram_path(shard, task)
+        _write_json(path, hist_lib.histogram_to_json(hist), compact=True)
+        logging.info("Wrote %s (%d images)", path, int(hist.sum()))
+    return [config.histogram_path(shard, task) for shard in shards]
 
 
 def write_shard_histogram(config: FilterConfig, shard: int, task: int,
                           overwrite: bool = False) -> str:
     """Pass 1 for one (shard, task); an existing histogram is kept unless `overwrite`."""
-    path = config.histogram_path(shard, task)
-    if not overwrite and tf.io.gfile.exists(path):
-        logging.info("%s exists: histogram of shard %d task %d already done", path, shard,
-                     task)
-        return path
-    hist = compute_shard_histogram(config, shard, task)
-    _write_json(path, hist_lib.histogram_to_json(hist), compact=True)
-    logging.info("Wrote %s (%d images)", path, int(hist.sum()))
-    return path
+    return write_shard_histograms(config, [shard], task, overwrite)[0]
 
 
 def missing_histograms(config: FilterConfig) -> List[str]:
@@ -346,6 +367,51 @@ def _expected_records(config: FilterConfig, shard: int, task: int) -> Optional[i
         if tf.io.gfile.exists(path) else None
 
 
+def select_shards(config: FilterConfig, shards: Sequence[int], task: int,
+                  thresholds: Optional[hist_lib.Thresholds] = None
+                  ) -> Dict[int, Optional[Dict[str, int]]]:
+    """Pass 2 for several shards of one task: writes each one's data and stats files,
+    shard after shard (pseudo-labelled input through one reader for all of them).
+
+    Returns {shard: {"<class>": copies written}, or None if its stats file already
+    existed (the shard is finished and left alone)}.
+    """
+    results, todo = {}, []
+    for shard in shards:
+        config.check_task(shard, task)
+        stats_path = config.stats_path(shard, task)
+        if tf.io.gfile.exists(stats_path):
+            logging.info("%s exists: shard %d task %d already selected", stats_path, shard,
+                         task)
+            results[shard] = None
+        else:
+            todo.append(shard)
+    if not todo:
+        return results
+    if thresholds is None:
+        thresholds = load_thresholds(config)
+    selector = select_lib.Selector(thresholds, config.num_image, max_prob=config.max_prob,
+                                   use_all=config.use_all, upsample=config.upsample,
+                                   seed=config.seed)
+    layout = config.layout
+    for shard, batches in sources.shard_joined_batches(layout, todo, task):
+        try:
+            counts = _write_selection(config, shard, task, batches, selector)
+        except sources.PredictionOrderMismatch as e:
+            logging.info("Predictions of shard %d task %d are not in image order (%s); "
+                         "joining by id through temporary bucket files", shard, task, e)
+            batches = sources.joined_batches(
+                layout, shard, task, method="partition",
+                tmp_dir=_join(config.output_dir, ".tmp"),
+                expected_records=_expected_records(config, shard, task))
+            counts = _write_selection(config, shard, task, batches, selector)
+        stats = results[shard] = select_lib.counts_to_json(counts)
+        _write_json(config.stats_path(shard, task), stats)
+        logging.info("Wrote %s (%d records) and %s", config.data_path(shard, task),
+                     int(counts.sum()), config.stats_path(shard, task))
+    return results
+
+
 def select_shard(config: FilterConfig, shard: int, task: int,
                  thresholds: Optional[hist_lib.Thresholds] = None) -> Optional[Dict[str, int]]:
     """Pass 2 for one (shard, task): writes its data and stats files.
@@ -353,32 +419,7 @@ def select_shard(config: FilterConfig, shard: int, task: int,
     Returns {"<class>": copies written}, or None if the stats file already existed (the
     shard is finished and left alone).
     """
-    config.check_task(shard, task)
-    stats_path = config.stats_path(shard, task)
-    if tf.io.gfile.exists(stats_path):
-        logging.info("%s exists: shard %d task %d already selected", stats_path, shard, task)
-        return None
-    if thresholds is None:
-        thresholds = load_thresholds(config)
-    selector = select_lib.Selector(thresholds, config.num_image, max_prob=config.max_prob,
-                                   use_all=config.use_all, upsample=config.upsample,
-                                   seed=config.seed)
-    layout = config.layout
-    try:
-        counts = _write_selection(config, shard, task,
-                                  sources.joined_batches(layout, shard, task), selector)
-    except sources.PredictionOrderMismatch as e:
-        logging.info("Predictions of shard %d task %d are not in image order (%s); "
-                     "joining by id through temporary bucket files", shard, task, e)
-        batches = sources.joined_batches(
-            layout, shard, task, method="partition", tmp_dir=_join(config.output_dir, ".tmp"),
-            expected_records=_expected_records(config, shard, task))
-        counts = _write_selection(config, shard, task, batches, selector)
-    stats = select_lib.counts_to_json(counts)
-    _write_json(stats_path, stats)
-    logging.info("Wrote %s (%d records) and %s", config.data_path(shard, task),
-                 int(counts.sum()), stats_path)
-    return stats
+    return select_shards(config, [shard], task, thresholds)[shard]
 
 
 # --------------------------------------------------------------------------- 4. finalize

@@ -51,29 +51,7 @@ from nst.pseudo import select, sources
 LOG_EVERY_SECONDS = 15.0
 
 
-def parse_shard_ids(text: str, num_shards: int) -> List[int]:
-    """'3' | '0,1,2' | '0-9' | '0-3,7' -> sorted unique shard ids, each in [0, num_shards)."""
-    ids = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                low, high = (int(x) for x in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                ids.update(range(low, high + 1))
-            else:
-                ids.add(int(part))
-        except ValueError:
-            raise ValueError(f"--shard_id={text!r}: {part!r} is not a shard id or a range "
-                             f"'a-b' with a <= b") from None
-    bad = sorted(i for i in ids if not 0 <= i < num_shards)
-    if not ids or bad:
-        raise ValueError(f"--shard_id={text!r} must name shards in [0, --num_shards="
-                         f"{num_shards}); bad: {bad or 'none given'}")
-    return sorted(ids)
+parse_shard_ids = writers.parse_shard_ids
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,47 +174,62 @@ _SCHEMA_OF = {"images": "unlabeled", "pseudo_labelled": "unlabeled",
               "predictions": "prediction"}
 _ABSENT_INT = -(1 << 62)  # FixedLen defaults that no valid record stores
 _ABSENT_ID = "\x00absent"
+_ABSENT_ID_BYTES = _ABSENT_ID.encode("utf-8")
+
+
+class FileSlice(NamedTuple):
+    """One input file of a reader: the records with index mod total_replicas == task,
+    or all of them with task None."""
+
+    path: str
+    task: Optional[int] = None
 
 
 def _top_class(probabilities: tf.Tensor):
     """float32 [n, K] -> (label int64 [n], confidence float32 [n]) as
     `histogram.confidences` computes them with np.argmax, but inside the reader's
-    parallel tf.data map. TensorFlow's CPU argmax returns the first maximum, as NumPy's
-    (tested, since the API leaves ties unspecified). A row holding a NaN gets confidence
-    NaN (np.argmax would pick the NaN), which the selection rejects naming the image; its
-    sum is NaN, which also flags rows with both +inf and -inf (whose np.argmax confidence,
-    +inf, is rejected as well)."""
+    parallel tf.data map (pass 1, which then never copies the vectors into Python).
+    TensorFlow's CPU argmax returns the first maximum, as NumPy's (tested, since the API
+    leaves ties unspecified). A row holding a NaN gets confidence NaN (np.argmax would
+    pick the NaN), which the histogram rejects naming the image; its sum is NaN, which
+    also flags rows with both +inf and -inf (whose np.argmax confidence, +inf, is
+    rejected as well)."""
     label = tf.argmax(probabilities, axis=1, output_type=tf.int64)
     conf = tf.gather(probabilities, label, batch_dims=1)
     nan = tf.math.is_nan(tf.reduce_sum(probabilities, axis=1))
     return label, tf.where(nan, tf.constant(np.nan, tf.float32), conf)
 
 
-# (index int64 [n], serialized string [n], file or basename string []) of both parsers.
+# (index int64 [n], serialized string [n], file name string [], task int64 []) of both
+# parsers; task -1: the whole file.
 _PARSER_SIGNATURE = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
-                     tf.TensorSpec([], tf.string)]
+                     tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)]
 
 
-def _worker_slice(index, serialized, total_replicas: int, task: Optional[int]):
-    """The records with index mod total_replicas == task (all of them with task None)."""
-    if task is None or total_replicas <= 1:
+def _worker_slice(index, serialized, total_replicas: int, task):
+    """The records with index mod total_replicas == task (all of them with task < 0)."""
+    if total_replicas <= 1:
         return index, serialized
-    keep = tf.equal(index % total_replicas, task)
+    keep = (task < 0) | tf.equal(index % total_replicas, task)
     return tf.boolean_mask(index, keep), tf.boolean_mask(serialized, keep)
 
 
 @functools.lru_cache(maxsize=None)
-def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optional[int]):
-    """A tf.function (index int64 [n], serialized string [n], basename string []) -> numpy
-    -ready batch of the records with index mod total_replicas == task (all with task None):
-    index, id, [image, true_label], [probabilities, has_pseudo_label], and `suspect`, a
-    bool [] that is true when a record needs the checked parser's verdict.
+def _fast_parser(kind: str, num_classes: int, total_replicas: int, top: bool = False):
+    """A tf.function (index, serialized, name, task; `_PARSER_SIGNATURE`) -> numpy-ready
+    batch of the sliced records: index, `suspect` (a bool [] that is true when a record
+    needs the checked parser's verdict) and
+
+      top=False  id (the stored image/id, `_ABSENT_ID` where none), [image, true_label],
+                 [probabilities]: the rows pass 2 selects and writes;
+      top=True   label, conf (`_top_class`), [has_pseudo_label]: all pass 1 needs.
 
     A fixed-length `parse_example` runs ~3x faster than the checked ragged parse of
     `schema` (the whole filter is bound by reading); anything it cannot parse fails the op
-    and anything out of range sets `suspect`, and `_batches` then re-reads the file with
-    the checked parser to name the record. Traced once per process and setting:
-    re-tracing for every file cost ~0.3 s per file, as much as reading 20K records.
+    and anything out of range sets `suspect`, and `_read` then re-reads the file with the
+    checked parser to name the record. Pass 2 leaves the argmax (NumPy's, on the vectors
+    it receives anyway) and the rare derived ids to Python: inside the map they cost
+    ~1.5 µs per record of the reader's time. Traced once per process and setting.
     """
     spec = {schema.ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=_ABSENT_ID)}
     if kind != "predictions":
@@ -231,27 +246,32 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
         spec[schema.PROB_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
 
     @tf.function(input_signature=_PARSER_SIGNATURE)
-    def parse(index, serialized, basename):
+    def parse(index, serialized, name, task):
+        del name  # ids are derived in Python (`_fill_ids`)
         index, serialized = _worker_slice(index, serialized, total_replicas, task)
         features = tf.io.parse_example(serialized, spec)
-        stored_id = features[schema.ID_KEY]
-        derived_id = tf.strings.join([basename, ":", tf.strings.as_string(index)])
-        out = {"index": index,
-               "id": tf.where(tf.equal(stored_id, _ABSENT_ID), derived_id, stored_id)}
+        out = {"index": index}
+        if not top:
+            out["id"] = features[schema.ID_KEY]
         suspect = tf.constant(False)
         if kind != "predictions":
-            out["image"] = features[schema.IMAGE_KEY]
             value = features[schema.CLASS_LABEL_KEY]
             absent = tf.equal(value, _ABSENT_INT)
             label = value - 1  # stored 1-based
             suspect |= tf.reduce_any(~absent & ((label < 0) | (label >= num_classes)))
-            out["true_label"] = tf.cast(tf.where(absent, tf.constant(-1, tf.int64), label),
-                                        tf.int32)
+            if not top:
+                out["image"] = features[schema.IMAGE_KEY]
+                out["true_label"] = tf.cast(
+                    tf.where(absent, tf.constant(-1, tf.int64), label), tf.int32)
         if kind != "images":
             probabilities = features[schema.PROBABILITIES_KEY]
-            out["probabilities"] = probabilities
-            out["has_pseudo_label"] = tf.reduce_any(tf.not_equal(probabilities, 0), axis=1)
-            out["label"], out["conf"] = _top_class(probabilities)
+            if top:
+                out["label"], out["conf"] = _top_class(probabilities)
+                if kind == "pseudo_labelled":
+                    out["has_pseudo_label"] = tf.reduce_any(
+                        tf.not_equal(probabilities, 0), axis=1)
+            else:
+                out["probabilities"] = probabilities
         if kind == "pseudo_labelled":
             stored = features[schema.LABEL_KEY]
             suspect |= tf.reduce_any(tf.not_equal(stored, _ABSENT_INT)
@@ -263,32 +283,51 @@ def _fast_parser(kind: str, num_classes: int, total_replicas: int, task: Optiona
 
 
 @functools.lru_cache(maxsize=None)
-def _checked_parser(record_format: str, num_classes: int, total_replicas: int,
-                    task: Optional[int]):
+def _checked_parser(record_format: str, num_classes: int, total_replicas: int):
     """Like `_fast_parser` with the checked schema parse: features + index + `problem`."""
     fmt = schema.get_format(record_format)
 
     @tf.function(input_signature=_PARSER_SIGNATURE)
-    def parse(index, serialized, file):
+    def parse(index, serialized, name, task):
         index, serialized = _worker_slice(index, serialized, total_replicas, task)
-        features, problems = fmt.parse_checked(serialized, num_classes, file, index)
+        features, problems = fmt.parse_checked(serialized, num_classes, name, index)
         return dict(features, index=index, problem=problems)
 
     return parse
 
 
-def _parsed(path: str, parse, file_arg: str, batch_size: int):
-    """Iterator of numpy batches: TFRecordDataset -> enumerate -> batch -> parse.
+def _pipeline(files: Sequence[FileSlice], names: Sequence[str], parse, batch_size: int,
+              total_replicas: int):
+    """Iterator of (file number, end, numpy batch): TFRecordDataset -> enumerate -> batch
+    -> parse for each file in turn, in one tf.data pipeline; each file's batches are
+    followed by an empty one with end=True, so that a consumer knows a file is complete
+    before anything of the next file (an error included) reaches it.
 
-    tf.data's default graph rewrites and autotuning are off: for a pipeline this short
-    they only add set-up (about 0.1 s per file, paid once per shard and step)."""
-    file = tf.constant(file_arg)
+    One pipeline for all files of a job: building one costs ~0.1 s (tracing, iterator
+    set-up), as much as reading 10K records. tf.data's default graph rewrites and
+    autotuning are off: for a pipeline this short they only add set-up.
+    """
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = False
-    return (tf.data.TFRecordDataset(path, buffer_size=8 << 20).enumerate()
-            .batch(batch_size)
-            .map(lambda index, serialized: parse(index, serialized, file),
+    tasks = [-1 if f.task is None else int(f.task) for f in files]
+
+    def per_file(number, path, name, task):
+        # A sliced file keeps ~1/R of each batch: read R batches' worth at a time.
+        group = tf.where(task < 0, tf.constant(batch_size, tf.int64),
+                         tf.constant(batch_size * total_replicas, tf.int64))
+        batches = (tf.data.TFRecordDataset(path, buffer_size=8 << 20).enumerate()
+                   .batch(group).map(lambda i, s: (i, s, False)))
+        end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string),
+                                            True))
+        return batches.concatenate(end).map(lambda i, s, e: (number, e, i, s, name, task))
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(files), dtype=tf.int64), [f.path for f in files], list(names),
+         tf.constant(tasks, tf.int64)))
+    return (dataset.flat_map(per_file)
+            .map(lambda number, end, index, serialized, name, task:
+                 (number, end, parse(index, serialized, name, task)),
                  num_parallel_calls=2)
             .prefetch(2)
             .with_options(options)
@@ -299,50 +338,73 @@ class _Suspect(Exception):
     """The fast parser saw something the checked parser must name."""
 
 
-def _batches(path: str, kind: str, layout: InputLayout, task: Optional[int],
-             batch_size: int = BATCH_SIZE) -> Iterator[Dict[str, np.ndarray]]:
-    """Numpy batches of one file's records (`kind` as in `_SCHEMA_OF`: index int64 [n],
-    id, ...); with `task` set, only the records whose index mod total_replicas == task
-    (about batch_size of them per batch).
+def _read(files: Sequence[FileSlice], kind: str, layout: InputLayout, top: bool = False,
+          batch_size: int = BATCH_SIZE) -> Iterator[tuple]:
+    """(file number, numpy batch or None) for each file in turn; None (once per file,
+    after its batches) says that the file was read completely. Batches as
+    `_fast_parser`'s (index int64 [n], ...), never empty; rows: ids are filled in
+    (`_fill_ids`) and pseudo-labelled batches get `label`, `conf` (NumPy argmax).
 
     A plain TFRecordDataset rather than `readers.read_examples`: that reader's per-file
-    set-up costs about 1.5 s of graph building, paid here once per file per step
-    (thousands of times for a large run) for a single file read in order. Bad records
-    raise a ValueError naming the file and record index (found by re-reading the file with
-    the checked parser); a record the parser cannot decode at all (or broken framing)
-    names the file and the last good index.
+    set-up costs about 1.5 s of graph building. Bad records raise a ValueError naming the
+    file and record index (found by re-reading the file with the checked parser); a
+    record the parser cannot decode at all (or broken framing) names the file and the
+    last good index.
     """
-    sliced = task is not None and layout.total_replicas > 1
-    fast = _fast_parser(kind, layout.num_classes, layout.total_replicas,
-                        task if sliced else None)
-    group = batch_size * (layout.total_replicas if sliced else 1)
+    if not files:
+        return
+    parse = _fast_parser(kind, layout.num_classes, layout.total_replicas, top)
+    current = 0
     try:
-        for batch in _parsed(path, fast, _basename(path), group):
+        for number, end, batch in _pipeline(files, [_basename(f.path) for f in files],
+                                            parse, batch_size, layout.total_replicas):
+            current = int(number)
+            if end:
+                yield current, None
+                current += 1
+                continue
             if batch.pop("suspect"):
                 raise _Suspect()
+            if not len(batch["index"]):
+                continue
+            path = files[current].path
+            if not top:
+                _fill_ids(batch, _basename(path))
             if kind == "pseudo_labelled":
+                if not top:
+                    batch["label"], batch["conf"] = _argmax(batch["probabilities"])
                 _check_pseudo_labelled(batch, path)
-            if len(batch["index"]):
-                yield batch
+            yield current, batch
     except (_Suspect, tf.errors.OpError) as e:
         fast_error = "" if isinstance(e, _Suspect) else e.message
     else:
         return
-    # Name the bad record: the checked parser over the whole file raises at it.
+    # Batches reach us in order, each file's end marker after its batches: the error is
+    # in file `current`. Name the bad record: the checked parser over that file raises
+    # at it.
+    _diagnose(files[current], kind, layout, batch_size, fast_error)
+
+
+def _diagnose(file: FileSlice, kind: str, layout: InputLayout, batch_size: int,
+              fast_error: str):
+    """Re-reads `file` with the checked parser and raises a ValueError naming the first
+    bad record (or, if the checked parser accepts every record, the file)."""
     record_format = _SCHEMA_OF[kind]
-    checked = _checked_parser(record_format, layout.num_classes, layout.total_replicas,
-                              task if sliced else None)
-    iterator = _parsed(path, checked, path, group)
+    path = file.path
+    checked = _checked_parser(record_format, layout.num_classes, layout.total_replicas)
+    iterator = _pipeline([file], [path], checked, batch_size, layout.total_replicas)
     last = -1
     while True:
         try:
-            batch = next(iterator)
+            _, end, batch = next(iterator)
         except StopIteration:
             break
         except tf.errors.OpError as e:
             raise ValueError(f"Cannot read {path} after record {last}: a record that is not "
                              f"a {record_format} Example (or stores a key with another "
                              f"type), or a truncated/corrupted file. {e.message}") from None
+        if end:
+            continue
         problems = batch.pop("problem")
         bad = problems != b""
         if np.any(bad):
@@ -358,6 +420,53 @@ def _batches(path: str, kind: str, layout: InputLayout, task: Optional[int],
                      f"probabilities). {fast_error}".rstrip())
 
 
+def _batches(path: str, kind: str, layout: InputLayout, task: Optional[int],
+             batch_size: int = BATCH_SIZE, top: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+    """`_read` of one file: its numpy batches (task None: every record, else the records
+    whose index mod total_replicas == task)."""
+    sliced = task if task is not None and layout.total_replicas > 1 else None
+    for _, batch in _read([FileSlice(path, sliced)], kind, layout, top, batch_size):
+        if batch is not None:
+            yield batch
+
+
+def _per_file(stream: Iterator[tuple], num_files: int) -> Iterator[tuple]:
+    """`_read`'s stream -> (file number, iterator of that file's batches) for every file
+    in order (an empty iterator for a file without records). Consume each file's
+    iterator before asking for the next file."""
+
+    def batches_of(number):
+        for got, batch in stream:
+            if got != number:
+                raise RuntimeError(f"reader out of step: file {got} while reading {number}")
+            if batch is None:
+                return
+            yield batch
+        raise RuntimeError(f"reader ended before the end of file {number}")
+
+    for number in range(num_files):
+        batches = batches_of(number)
+        yield number, batches
+        for _ in batches:  # what the consumer left of this file
+            pass
+
+
+def _fill_ids(batch: Dict[str, np.ndarray], basename: str):
+    """Where a record stores no image/id, its id becomes '<basename>:<record index>'."""
+    absent = np.flatnonzero(batch["id"] == _ABSENT_ID_BYTES)
+    if len(absent):
+        ids = batch["id"] = batch["id"].copy()  # the iterator's arrays are read-only
+        for i in absent.tolist():
+            ids[i] = f"{basename}:{int(batch['index'][i])}".encode("utf-8")
+
+
+def _argmax(probabilities: np.ndarray):
+    """float32 [n, K] -> (labels int64 [n], their probabilities float32 [n]), as
+    `histogram.confidences` (np.argmax: the first maximum; a NaN row picks its NaN)."""
+    labels = np.argmax(probabilities, axis=1)
+    return labels.astype(np.int64), probabilities[np.arange(len(labels)), labels]
+
+
 def _rows(batches) -> Iterator[Dict]:
     for batch in batches:
         for i in range(len(batch["index"])):
@@ -365,7 +474,15 @@ def _rows(batches) -> Iterator[Dict]:
 
 
 def _check_pseudo_labelled(batch, path: str):
-    missing = ~batch["has_pseudo_label"]
+    """ValueError naming the first record whose probabilities are all zero (or absent:
+    parsed as zeros). Rows: only a row whose maximum is 0 can be one."""
+    if "has_pseudo_label" in batch:
+        missing = ~batch["has_pseudo_label"]
+    else:
+        missing = batch["conf"] == 0
+        rows = np.flatnonzero(missing)
+        if len(rows):
+            missing[rows] = ~np.any(batch["probabilities"][rows] != 0, axis=1)
     if np.any(missing):
         index = int(batch["index"][int(np.argmax(missing))])
         raise ValueError(
@@ -414,23 +531,46 @@ def check_slices(layout: InputLayout, shard: int):
                          f"--total_replicas={layout.total_replicas}")
 
 
-def top_classes(layout: InputLayout, shard: int, task: int) -> Iterator[tuple]:
-    """Pass 1 input: (label int64 [n], confidence float32 [n]) batches of (shard, task)'s
-    images: the argmax class of each prediction and its probability (NaN for a row with
-    a NaN, see `_top_class`)."""
-    check_slices(layout, shard)
-    if not layout.separate_predictions:
+def _pseudo_labelled_files(layout: InputLayout, shards: Sequence[int],
+                           task: int) -> List[FileSlice]:
+    files = []
+    for shard in shards:
         path, sliced = layout.pseudo_labelled_slice(shard, task)
         _require(path, "Input shard")
-        for batch in _batches(path, "pseudo_labelled", layout, sliced):
+        files.append(FileSlice(path, sliced))
+    return files
+
+
+def shard_top_classes(layout: InputLayout, shards: Sequence[int],
+                      task: int) -> Iterator[tuple]:
+    """Pass 1 input of several shards (one task), read by one pipeline: (shard, batches)
+    per shard in order, batches = iterator of (label int64 [n], confidence float32 [n]):
+    the argmax class of each image's prediction and its probability (NaN for a row with
+    a NaN, see `_top_class`). Consume each shard's batches before the next shard."""
+    for shard in shards:
+        check_slices(layout, shard)
+    if layout.separate_predictions:
+        files = [FileSlice(layout.prediction_path(shard, task)) for shard in shards]
+        kind = "predictions"
+    else:
+        files, kind = _pseudo_labelled_files(layout, shards, task), "pseudo_labelled"
+
+    def top(shard, path, batches):
+        count = 0
+        for batch in batches:
+            count += len(batch["index"])
             yield batch["label"], batch["conf"]
-        return
-    path = layout.prediction_path(shard, task)
-    count = 0
-    for batch in _batches(path, "predictions", layout, None):
-        count += len(batch["index"])
-        yield batch["label"], batch["conf"]
-    _check_info(layout, shard, task, count, path)
+        if layout.separate_predictions:
+            _check_info(layout, shard, task, count, path)
+
+    for number, batches in _per_file(_read(files, kind, layout, top=True), len(files)):
+        yield shards[number], top(shards[number], files[number].path, batches)
+
+
+def top_classes(layout: InputLayout, shard: int, task: int) -> Iterator[tuple]:
+    """`shard_top_classes` of one shard: its (label, confidence) batches."""
+    for _, batches in shard_top_classes(layout, [shard], task):
+        yield from batches
 
 
 # --------------------------------------------------------------------------- joining
@@ -458,12 +598,8 @@ def joined_batches(layout: InputLayout, shard: int, task: int, *, method: str = 
     """
     check_slices(layout, shard)
     if not layout.separate_predictions:
-        image_path, sliced = layout.pseudo_labelled_slice(shard, task)
-        _require(image_path, "Input shard")
-        for batch in _batches(image_path, "pseudo_labelled", layout, sliced):
-            # Ids stay bytes: hashing and encoding take them as they are.
-            yield ItemBatch(batch["id"], batch["image"], batch["true_label"],
-                            batch["probabilities"], batch["label"], batch["conf"])
+        for _, batches in shard_joined_batches(layout, [shard], task):
+            yield from batches
         return
     _require(layout.image_path(shard), "Input shard")
     if method == "stream":
@@ -475,6 +611,30 @@ def joined_batches(layout: InputLayout, shard: int, task: int, *, method: str = 
                                                  expected_records))
     else:
         raise ValueError(f"method must be 'stream' or 'partition', got {method!r}")
+
+
+def shard_joined_batches(layout: InputLayout, shards: Sequence[int],
+                         task: int) -> Iterator[tuple]:
+    """Pass 2 input of several shards (one task): (shard, batches) per shard in order,
+    batches = `joined_batches(layout, shard, task)` (method "stream"). Pseudo-labelled
+    input is read by one pipeline for all the shards; consume each shard's batches
+    before the next shard."""
+    if layout.separate_predictions:
+        for shard in shards:
+            yield shard, joined_batches(layout, shard, task)
+        return
+    for shard in shards:
+        check_slices(layout, shard)
+    files = _pseudo_labelled_files(layout, shards, task)
+
+    def items(batches):
+        for batch in batches:
+            # Ids stay bytes: hashing and encoding take them as they are.
+            yield ItemBatch(batch["id"], batch["image"], batch["true_label"],
+                            batch["probabilities"], batch["label"], batch["conf"])
+
+    for number, batches in _per_file(_read(files, "pseudo_labelled", layout), len(files)):
+        yield shards[number], items(batches)
 
 
 def _decoded(values) -> List[str]:
@@ -557,7 +717,7 @@ def _stream_join(layout: InputLayout, shard: int, task: int) -> Iterator[ItemBat
                     f"positional partner, record {int(image['index'][k])} of {image_path}, "
                     f"has {image_ids[k]!r}")
         yield ItemBatch(image_ids, image["image"], image["true_label"],
-                        prediction["probabilities"], prediction["label"], prediction["conf"])
+                        prediction["probabilities"])
         n += m
     rest = predictions.count_rest()
     if rest:

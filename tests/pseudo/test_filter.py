@@ -669,6 +669,96 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
     assert os.path.getmtime(config.data_path(0, 0)) == mtime
 
 
+def _write_shard_files(directory, shards, prefix="train"):
+    """shards: one list of serialized records per shard (an empty list: an empty file)."""
+    for shard, records in enumerate(shards):
+        writers.write_records(os.path.join(str(directory),
+                                           writers.shard_name(prefix, shard, len(shards))),
+                              records)
+
+
+def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path):
+    examples = _examples(SPEC)
+    # Shard 1 stores no ids (derived from file and index), shard 2 is empty.
+    records = [schema.encode_pseudo_labeled(e.image, e.probs, true_label=e.true_label,
+                                            image_id=None if 30 <= i < 60 else e.id)
+               for i, e in enumerate(examples)]
+    _write_shard_files(tmp_path / "in", [records[:30], records[30:60], [], records[60:]])
+    settings = dict(num_shards=4, num_image=60, min_threshold=0.3, shuffle_buffer=16)
+    reference = _config(tmp_path, "reference", **settings)
+    _run_all(reference)
+    config = _config(tmp_path, **settings)
+    # Pass 1 as one job over shards 3, 0, 1 and one over shard 2 (any order, any split).
+    assert filter_lib.write_shard_histograms(config, [3, 0, 1], 0) == [
+        config.histogram_path(s, 0) for s in (3, 0, 1)]
+    filter_lib.write_shard_histogram(config, 2, 0)
+    filter_lib.reduce_histograms(config)
+    # Pass 2: shard 1 alone first, then one job over all four, which skips shard 1.
+    filter_lib.select_shard(config, 1, 0)
+    mtime = os.path.getmtime(config.data_path(1, 0))
+    stats = filter_lib.select_shards(config, range(4), 0)
+    assert stats[1] is None and stats[2] == {} and sum(stats[0].values()) > 0
+    assert os.path.getmtime(config.data_path(1, 0)) == mtime
+    filter_lib.finalize_stats(config)
+    assert _files(config.output_dir) == _files(reference.output_dir)
+    assert _files(os.path.join(config.output_dir, "prelim_stats")) == _files(
+        os.path.join(reference.output_dir, "prelim_stats"))
+    ids = _id_counts(_output(config))
+    assert {i.split(":")[0] if ":" in i else "stored" for i in ids} == {
+        "train-00001-of-00004", "stored"}
+    # The binary takes the same lists and ranges.
+    flag_common = dict(input_dir=tmp_path / "in", output_dir=tmp_path / "cli", num_shards=4,
+                       num_label_classes=K, num_image=60, min_threshold=0.3,
+                       shuffle_buffer=16)
+    assert filter_unlabel.run(_flag_values(only_get_stats=1, shard_id="1-3", **flag_common))
+    thresholds = filter_unlabel.run(_flag_values(only_get_stats=1, shard_id="0",
+                                                 **flag_common))
+    assert thresholds == filter_lib.load_thresholds(reference)
+    assert len(filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="0,2-3",
+                                               **flag_common))) == 3
+    filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="1", **flag_common))
+    assert _files(tmp_path / "cli" / "data") == _files(tmp_path / "reference" / "data")
+    with pytest.raises(ValueError, match="--shard_id='2-5' must name shards in"):
+        filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="2-5", **flag_common))
+
+
+def test_multi_shard_job_publishes_the_shards_before_a_bad_record(tmp_path):
+    examples = _examples(SPEC)
+    records = [schema.encode_pseudo_labeled(e.image, e.probs, image_id=e.id)
+               for e in examples]
+    bad = list(records[60:])
+    bad[5] = schema.encode_pseudo_labeled(b"x", [0.5, 0.5], image_id="short")  # K = 2
+    _write_shard_files(tmp_path / "in", [records[:30], records[30:60], bad])
+    config = _config(tmp_path, num_shards=3, num_image=60, min_threshold=0.3)
+    with pytest.raises(ValueError, match="record 5 in .*train-00002-of-00003: feature "
+                                         "probabilities has 2"):
+        filter_lib.write_shard_histograms(config, range(3), 0)
+    assert os.path.exists(config.histogram_path(1, 0))  # done before shard 2 failed
+    assert not os.path.exists(config.histogram_path(2, 0))
+    # Pass 2 over thresholds made without shard 2: shards 0 and 1 are published, shard 2
+    # (read after them by the same reader) fails naming the record and writes nothing.
+    _write_shard_files(tmp_path / "ok", [records[:30], records[30:60], records[60:]])
+    ok = _config(tmp_path, "ok_out", input_dir=str(tmp_path / "ok"), num_shards=3,
+                 num_image=60, min_threshold=0.3)
+    thresholds = _run_all(ok)[0]
+    with pytest.raises(ValueError, match="record 5 in .*train-00002-of-00003"):
+        filter_lib.select_shards(config, range(3), 0, thresholds)
+    for shard in (0, 1):
+        with open(config.data_path(shard, 0), "rb") as got, \
+                open(ok.data_path(shard, 0), "rb") as want:
+            assert got.read() == want.read()
+        assert os.path.exists(config.stats_path(shard, 0))
+    assert not os.path.exists(config.data_path(2, 0))
+    assert not os.path.exists(config.stats_path(2, 0))
+    # An all-zero vector reaching pass 2 is named there too.
+    zero = schema.encode_pseudo_labeled(b"z", np.zeros(K, np.float32), image_id="zero")
+    _write_shard_files(tmp_path / "zero", [records[:3] + [zero]])
+    layout = sources.InputLayout(str(tmp_path / "zero"), num_shards=1, num_classes=K)
+    with pytest.raises(ValueError, match="Record 3 of .*train-00000-of-00001 holds no "
+                                         "teacher probabilities"):
+        list(sources.joined_batches(layout, 0, 0))
+
+
 @pytest.mark.slow
 def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
     """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
