@@ -759,6 +759,46 @@ def test_multi_shard_job_publishes_the_shards_before_a_bad_record(tmp_path):
         list(sources.joined_batches(layout, 0, 0))
 
 
+def test_output_records_are_the_encoded_selection_whatever_the_input_bytes(tmp_path):
+    """Pass 2's records are those `schema.encode_pseudo_labeled` writes for the selected
+    images, whatever the layout of the input record and its stored label / prob."""
+    examples = _examples([(0, 0.9, 6), (1, 0.8, 6), (2, 0.7, 6)])
+
+    def canonical(e, **kw):
+        kw.setdefault("image_id", e.id)
+        return schema.encode_pseudo_labeled(e.image, e.probs, true_label=e.true_label, **kw)
+
+    def with_extra_feature(e):
+        example = tf.train.Example.FromString(canonical(e))
+        example.features.feature["image/format"].bytes_list.value.append(b"jpeg")
+        return example.SerializeToString(deterministic=True)
+
+    variants = [
+        lambda e: canonical(e),
+        lambda e: schema.encode_pseudo_labeled(e.image, e.probs, image_id=e.id),  # no true
+        lambda e: tf.train.Example.FromString(canonical(e)).SerializeToString(),  # key order
+        lambda e: canonical(e, label=(e.label + 1) % K),  # stored label is not the argmax
+        lambda e: canonical(e, prob=0.5),  # stored prob is not the max
+        lambda e: canonical(e, image_id=None),  # id derived from the file and index
+        with_extra_feature,
+    ]
+    records = [variants[i % len(variants)](e) for i, e in enumerate(examples)]
+    assert len(set(records[2:3] + [canonical(examples[2])])) == 2  # really another order
+    path = tmp_path / "in" / "train-00000-of-00001"
+    writers.write_records(str(path), records)
+    expected = collections.Counter(
+        schema.encode_pseudo_labeled(
+            e.image, e.probs, label=e.label,
+            true_label=None if i % len(variants) == 1 else e.true_label,
+            image_id=f"train-00000-of-00001:{i}" if i % len(variants) == 5 else e.id)
+        for i, e in enumerate(examples))
+    config = _config(tmp_path, num_shards=1, use_all=True, num_image=1)
+    _run_all(config)
+    got = collections.Counter(tf.data.TFRecordDataset(config.data_path(0, 0))
+                              .as_numpy_iterator())
+    assert got == expected
+
+
 @pytest.mark.slow
 def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
     """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
