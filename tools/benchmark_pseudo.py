@@ -333,9 +333,14 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
     files = [config("out0").layout.image_path(s) for s in range(num_shards)]
     reference, ours, written = 0.0, 0.0, set()
     for repeat in range(repeats):
+        # Each timing starts with no dirty pages: otherwise the kernel's writeback of the
+        # data generated or written just before (~0.2-0.4 GB) runs during it and takes
+        # one of the two cores (the bare read varied 2x with it).
+        os.sync()
         reference = max(reference, bare_read_rate(files, num_classes))
         cfg = config(f"out{repeat}")
         thresholds = filter_lib.reduce_histograms(cfg)
+        os.sync()
         start = time.perf_counter()
         stats = filter_lib.select_shards(cfg, range(num_shards), 0, thresholds)
         ours = max(ours, num_records / (time.perf_counter() - start))
@@ -343,6 +348,7 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
     jobs_rate = None
     if jobs > 1:
+        os.sync()
         cfg = config("jobs")
         jobs_rate, total = _jobs_rate(cfg, filter_lib.reduce_histograms(cfg), num_records,
                                       jobs)

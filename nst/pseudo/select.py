@@ -13,6 +13,7 @@ or workers:
 Expected copies per class: x · total_c = num_image (both when thinning and duplicating).
 """
 
+import functools
 import hashlib
 import math
 from typing import Dict, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
@@ -34,9 +35,14 @@ def uniform_from_id(seed: int, image_id) -> float:
     """
     if isinstance(image_id, str):
         image_id = image_id.encode("utf-8")
-    digest = hashlib.blake2b(bytes(image_id), digest_size=8,
-                             key=str(int(seed)).encode("ascii")).digest()
-    return (int.from_bytes(digest, "little") >> 11) * _INV_2_53
+    hasher = _keyed_hasher(int(seed)).copy()  # copying the keyed state: half the cost
+    hasher.update(image_id)
+    return (int.from_bytes(hasher.digest(), "little") >> 11) * _INV_2_53
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed_hasher(seed: int):
+    return hashlib.blake2b(digest_size=8, key=str(seed).encode("ascii"))
 
 
 def copy_ratio(total: int, num_image: int, use_all: bool = False,

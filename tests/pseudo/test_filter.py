@@ -2,6 +2,7 @@
 input layouts, resume behaviour and the `nst.filter_unlabel` binary."""
 
 import collections
+import hashlib
 import json
 import os
 import signal
@@ -188,6 +189,12 @@ def test_seeded_uniform_depends_only_on_seed_and_id():
     u = select_lib.uniform_from_id(7, "img-1")
     assert u == select_lib.uniform_from_id(7, b"img-1") and 0 <= u < 1
     assert u != select_lib.uniform_from_id(8, "img-1")
+    # The documented draw: 53 bits of BLAKE2b-64 of the id keyed with the decimal seed
+    # (a change would change every filter output for a given seed).
+    for seed, image_id in ((7, b"img-1"), (12345, b"train-00003-of-00008:17"), (0, b"")):
+        digest = hashlib.blake2b(image_id, digest_size=8, key=str(seed).encode()).digest()
+        assert select_lib.uniform_from_id(seed, image_id) == \
+            (int.from_bytes(digest, "little") >> 11) / 2.0 ** 53
     draws = np.array([select_lib.uniform_from_id(7, f"id{i}") for i in range(20000)])
     assert abs(draws.mean() - 0.5) < 0.01 and abs((draws < 0.1).mean() - 0.1) < 0.01
 
