@@ -314,14 +314,11 @@ def _batch_records(batch: sources.ItemBatch, selector: select_lib.Selector,
     kept = np.flatnonzero(copies)
     if not len(kept):
         return []
-    probabilities = np.ascontiguousarray(batch.probabilities, "<f4")
-    true_labels = batch.true_labels.tolist()
-    images, ids = batch.images, batch.image_ids
+    encoded = encode.encode_rows(np.ascontiguousarray(batch.probabilities, "<f4"),
+                                 kept.tolist(), labels[kept].tolist(), batch.images,
+                                 batch.true_labels.tolist(), batch.image_ids)
     records = []
-    for i, n, label in zip(kept.tolist(), copies[kept].tolist(), labels[kept].tolist()):
-        true_label = true_labels[i]
-        record = encode(images[i], probabilities[i], label,
-                        true_label if true_label >= 0 else None, ids[i])
+    for record, n in zip(encoded, copies[kept].tolist()):
         if n == 1:
             records.append(record)
         else:

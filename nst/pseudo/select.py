@@ -40,6 +40,21 @@ def uniform_from_id(seed: int, image_id) -> float:
     return (int.from_bytes(hasher.digest(), "little") >> 11) * _INV_2_53
 
 
+def uniform_from_ids(seed: int, image_ids: Sequence) -> np.ndarray:
+    """float64 [n]: `uniform_from_id(seed, id)` of each id, with one conversion of all
+    the digests instead of one per id."""
+    base = _keyed_hasher(int(seed))
+    digests = []
+    for image_id in image_ids:
+        if isinstance(image_id, str):
+            image_id = image_id.encode("utf-8")
+        hasher = base.copy()
+        hasher.update(image_id)
+        digests.append(hasher.digest())
+    bits = np.frombuffer(b"".join(digests), "<u8") >> np.uint64(11)
+    return bits.astype(np.float64) * _INV_2_53  # exact: bits < 2^53
+
+
 @functools.lru_cache(maxsize=16)
 def _keyed_hasher(seed: int):
     return hashlib.blake2b(digest_size=8, key=str(seed).encode("ascii"))
@@ -120,8 +135,7 @@ class Selector:
         if len(admitted):
             ratio = self.ratios[labels[admitted]]
             whole = np.floor(ratio)
-            u = np.fromiter((uniform_from_id(self.seed, image_ids[i]) for i in admitted),
-                            np.float64, len(admitted))
+            u = uniform_from_ids(self.seed, [image_ids[i] for i in admitted.tolist()])
             copies[admitted] = whole.astype(np.int64) + (u < ratio - whole)
         return labels, conf, copies
 

@@ -48,3 +48,24 @@ def test_varint_matches_protobuf_int64_encoding():
         serialized = tf.train.Int64List(value=[value]).SerializeToString()
         # Int64List{value: packed} = tag 0x0a, length, varint.
         assert serialized[2:] == wire.varint(value), value
+
+
+def test_encode_rows_of_a_batch_equal_protobuf_per_row():
+    rng = np.random.default_rng(3)
+    k, n = 1000, 9
+    probs = rng.random((n, k), dtype=np.float32).astype("<f4")
+    images = [rng.bytes(int(rng.integers(0, 300))) for _ in range(n)]
+    ids = [None, "a", b"b", "żółw", "x" * 200, "c", "d", "e", "f"]
+    true_labels = [-1, 0, k - 1, 5, -1, 17, 999, 2, 3]
+    rows = [8, 0, 3, 3, 5]  # any subset, any order, repeats allowed
+    labels = [int(np.argmax(probs[r])) for r in rows[:-1]] + [7]  # the last: not the argmax
+    got = wire.PseudoLabeledEncoder().encode_rows(probs, rows, labels, images, true_labels,
+                                                  ids)
+    for record, row, label in zip(got, rows, labels):
+        assert record == schema.encode_pseudo_labeled(
+            images[row], probs[row], label=label,
+            true_label=None if true_labels[row] < 0 else true_labels[row],
+            image_id=ids[row])
+    with pytest.raises(ValueError, match="C-contiguous little-endian float32"):
+        wire.PseudoLabeledEncoder().encode_rows(probs[:, ::2], [0], [0], images,
+                                                true_labels, ids)

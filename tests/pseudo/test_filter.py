@@ -196,6 +196,8 @@ def test_seeded_uniform_depends_only_on_seed_and_id():
         assert select_lib.uniform_from_id(seed, image_id) == \
             (int.from_bytes(digest, "little") >> 11) / 2.0 ** 53
     draws = np.array([select_lib.uniform_from_id(7, f"id{i}") for i in range(20000)])
+    ids = [f"id{i}" if i % 2 else f"id{i}".encode() for i in range(20000)]
+    assert np.array_equal(select_lib.uniform_from_ids(7, ids), draws)
     assert abs(draws.mean() - 0.5) < 0.01 and abs((draws < 0.1).mean() - 0.1) < 0.01
 
 
