@@ -4,13 +4,15 @@
 on our 2-core machine: for the filter, which writes half of its input again, that is as
 long as reading the input. `RecordFileWriter` frames each record itself (the TFRecord
 format: uint64 length, masked CRC32C of the length, data, masked CRC32C of the data,
-little endian) with `google_crc32c`, joins the framed records into ~4 MiB chunks and
-hands the chunks to a background thread, whose `write` calls release the GIL. The bytes
-are those of `tf.io.TFRecordWriter` (tested). Local paths are plain files; other paths
-(gs://...) go through `tf.io.gfile.GFile`.
+little endian) with `google_crc32c`, collects the parts of ~4 MiB of framed records and
+hands them to a background thread, whose writes release the GIL: `os.writev` of the
+parts as they are for a local file (no copy into one buffer first: that copy cost the
+Python thread ~1 µs per 4 KB record), one joined buffer through `tf.io.gfile.GFile` for
+other paths (gs://...). The bytes are those of `tf.io.TFRecordWriter` (tested).
 """
 
 import functools
+import os
 import queue
 import struct
 import threading
@@ -21,6 +23,7 @@ import tensorflow as tf
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
 CHUNK_BYTES = 4 << 20
+_IOV_MAX = 1024  # buffers per writev call (Linux's limit)
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -53,8 +56,9 @@ class RecordFileWriter:
         self._parts = []
         self._size = 0
         self._error = None
-        self._file = (open(path, "wb", buffering=0) if "://" not in path
-                      else tf.io.gfile.GFile(path, "wb"))
+        local = "://" not in path
+        self._file = open(path, "wb", buffering=0) if local else tf.io.gfile.GFile(path, "wb")
+        self._fd = self._file.fileno() if local else None
         self._queue = queue.Queue(maxsize=2)  # bounds memory to ~3 chunks
         self._thread = threading.Thread(target=self._drain, name="RecordFileWriter",
                                         daemon=True)
@@ -62,14 +66,29 @@ class RecordFileWriter:
 
     def _drain(self):
         while True:
-            chunk = self._queue.get()
-            if chunk is None:
+            parts = self._queue.get()
+            if parts is None:
                 return
             if self._error is None:
                 try:
-                    self._file.write(chunk)
+                    self._write(parts)
                 except BaseException as e:  # pylint: disable=broad-except
                     self._error = e
+
+    def _write(self, parts):
+        """Writes a chunk's parts: a local file takes them as they are (`os.writev`, no
+        copy into one buffer first), others joined."""
+        if self._fd is None:
+            self._file.write(b"".join(parts))
+            return
+        for i in range(0, len(parts), _IOV_MAX):
+            group = parts[i:i + _IOV_MAX]
+            written = os.writev(self._fd, group)
+            size = sum(map(len, group))
+            if written < size:  # a short write: the rest as one buffer
+                rest = memoryview(b"".join(group))[written:]
+                while len(rest):
+                    rest = rest[os.write(self._fd, rest):]
 
     def _raise_pending(self):
         if self._error is not None:
@@ -87,8 +106,8 @@ class RecordFileWriter:
             parts.extend(frame(record))
             size += len(record) + 16
             if size >= limit:
-                self._queue.put(b"".join(parts))
-                parts.clear()
+                self._queue.put(parts)  # the writer thread's now
+                parts = self._parts = []
                 size = 0
         self._size = size
 
@@ -96,7 +115,7 @@ class RecordFileWriter:
         if self._thread is None:
             return
         if flush and self._parts:
-            self._queue.put(b"".join(self._parts))
+            self._queue.put(self._parts)
         self._parts, self._size = [], 0
         self._queue.put(None)
         self._thread.join()

@@ -41,22 +41,43 @@ def test_masked_crc_matches_the_format_constant():
 
 
 def test_background_write_errors_surface(tmp_path, monkeypatch):
-    writer = record_file.RecordFileWriter(str(tmp_path / "f"), chunk_bytes=1)
-
-    class Broken:
+    class Broken:  # a non-local file (gs://...): chunks go through its write
         def write(self, _):
             raise OSError("disk full")
 
         def close(self):
             pass
 
-    writer._file.close()
-    writer._file = Broken()
-    writer.write(b"a")  # handed to the thread, which fails
-    with pytest.raises(OSError, match="Writing .*f failed: disk full"):
-        for _ in range(100):
-            writer.write(b"b")
-        writer.close()
+    def broken_writev(fd, buffers):  # a local file: chunks go through os.writev
+        raise OSError("no space left")
+
+    for name, message in (("remote", "disk full"), ("local", "no space left")):
+        writer = record_file.RecordFileWriter(str(tmp_path / name), chunk_bytes=1)
+        if name == "remote":
+            writer._file.close()
+            writer._file, writer._fd = Broken(), None
+        else:
+            monkeypatch.setattr(record_file.os, "writev", broken_writev)
+        writer.write(b"a")  # handed to the thread, which fails
+        with pytest.raises(OSError, match=f"Writing .*{name} failed: {message}"):
+            for _ in range(100):
+                writer.write(b"b")
+            writer.close()
+
+
+def test_short_writev_writes_the_rest(tmp_path, monkeypatch):
+    real_writev = os.writev
+
+    def short_writev(fd, buffers):  # the kernel may write less than asked
+        return real_writev(fd, [bytes(b)[:3] for b in buffers[:1]])
+
+    monkeypatch.setattr(record_file.os, "writev", short_writev)
+    records = [bytes([i]) * (i * 7) for i in range(50)]
+    path = str(tmp_path / "short")
+    writer = record_file.RecordFileWriter(path, chunk_bytes=100)
+    writer.write_many(records)
+    writer.close()
+    assert list(tf.data.TFRecordDataset(path).as_numpy_iterator()) == records
 
 
 def test_shard_writer_abort_publishes_nothing(tmp_path):
