@@ -46,7 +46,12 @@ import tensorflow as tf
 from nst.data import schema, writers
 from nst import fileio
 
-BATCH_SIZE = 256
+BATCH_SIZE = 1024  # images per joined batch (the separate layout's streamed join)
+# Reader batches: up to 1,024 records (per-batch costs of tf.data and Python made pass 2
+# ~10% slower at 256) and ~4 MiB of probabilities (64 records at least), so that the
+# prefetched batches stay ~32 MiB whatever the class count.
+_READ_ROWS = (64, 1024)
+_READ_BYTES = 4 << 20
 JOIN_BUCKET_BYTES = 128 << 20  # probability vectors held per bucket of the hash join
 MAX_JOIN_BUCKETS = 1024
 
@@ -65,7 +70,7 @@ class Item(NamedTuple):
 
 
 class ItemBatch(NamedTuple):
-    """Up to BATCH_SIZE images joined with their predictions, n = len(image_ids)."""
+    """A batch of images joined with their predictions, n = len(image_ids)."""
 
     image_ids: Sequence  # [n] ids as Item.image_id, str or UTF-8 bytes
     images: Sequence[bytes]  # [n] encoded images, unchanged
@@ -80,6 +85,12 @@ class ItemBatch(NamedTuple):
                 image_id = image_id.decode("utf-8")
             yield Item(image_id, self.images[i], int(self.true_labels[i]),
                        self.probabilities[i])
+
+
+def read_rows(num_classes: int) -> int:
+    """Records per reader batch for vectors of `num_classes` float32."""
+    low, high = _READ_ROWS
+    return int(min(high, max(low, _READ_BYTES // (4 * num_classes))))
 
 
 def _item_batches(items: Iterator[Item], size: int = BATCH_SIZE) -> Iterator[ItemBatch]:
@@ -341,7 +352,7 @@ def _pipeline(files: Sequence[FileSlice], parse, batch_size: int, total_replicas
         dataset = (tf.data.Dataset.from_tensor_slices((paths, tasks)).flat_map(per_file)
                    .map(lambda batch, task: parse(batch[0], batch[1], name, task),
                         num_parallel_calls=2))
-    # ~1 MB per batch of 1,000 classes; 8 let the reader run ahead while the consumer
+    # <= ~4 MiB per batch (`read_rows`); 8 let the reader run ahead while the consumer
     # encodes and writes (~5% faster pass 2 than 2 here).
     return dataset.prefetch(8).with_options(options).as_numpy_iterator()
 
@@ -351,7 +362,7 @@ class _Suspect(Exception):
 
 
 def _read(files: Sequence[FileSlice], kind: str, layout: InputLayout, top: bool = False,
-          batch_size: int = BATCH_SIZE) -> Iterator[tuple]:
+          batch_size: Optional[int] = None) -> Iterator[tuple]:
     """(file number, numpy batch or None) for each file in turn; None (once per file,
     after its batches) says that the file was read completely. Batches as
     `_fast_parser`'s (index int64 [n], ...), never empty; rows: ids are filled in
@@ -365,6 +376,7 @@ def _read(files: Sequence[FileSlice], kind: str, layout: InputLayout, top: bool 
     """
     if not files:
         return
+    batch_size = batch_size or read_rows(layout.num_classes)
     parse = _fast_parser(kind, layout.num_classes, layout.total_replicas, top)
     current = 0
     try:
@@ -431,7 +443,8 @@ def _diagnose(file: FileSlice, kind: str, layout: InputLayout, batch_size: int,
 
 
 def _batches(path: str, kind: str, layout: InputLayout, task: Optional[int],
-             batch_size: int = BATCH_SIZE, top: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+             batch_size: Optional[int] = None,
+             top: bool = False) -> Iterator[Dict[str, np.ndarray]]:
     """`_read` of one file: its numpy batches (task None: every record, else the records
     whose index mod total_replicas == task)."""
     sliced = task if task is not None and layout.total_replicas > 1 else None

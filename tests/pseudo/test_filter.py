@@ -498,7 +498,7 @@ def test_original_layout_by_record_order(tmp_path):
 
 @pytest.mark.parametrize("with_ids", [True, False])
 def test_streamed_join_does_not_depend_on_the_batch_size(tmp_path, monkeypatch, with_ids):
-    # Images are taken 3 (then 256) at a time against 256-record prediction batches, so
+    # Images are taken 3 (then 1024) at a time against 1024-record prediction batches, so
     # batches are split and stitched across the reader's batch boundaries.
     examples = _examples(SPEC)
     _write_separate(tmp_path, examples, 1, 2, with_ids=with_ids)
