@@ -165,8 +165,6 @@ def is_master(shard: int, task: int) -> bool:
 def _histograms(config: FilterConfig, shards: Sequence[int], task: int):
     """(shard, int64 [K, 101] histogram of (shard, task)'s predictions) for each shard in
     turn, streamed batch by batch through one reader."""
-    for shard in shards:
-        config.check_task(shard, task)
     for shard, batches in sources.shard_top_classes(config.layout, shards, task):
         total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
         for labels, conf in batches:
@@ -176,6 +174,7 @@ def _histograms(config: FilterConfig, shards: Sequence[int], task: int):
 
 def compute_shard_histogram(config: FilterConfig, shard: int, task: int) -> np.ndarray:
     """int64 [K, 101] histogram of (shard, task)'s predictions, streamed batch by batch."""
+    config.check_task(shard, task)
     return next(_histograms(config, [shard], task))[1]
 
 

@@ -33,31 +33,32 @@ def uniform_from_id(seed: int, image_id) -> float:
     BLAKE2b keyed with the seed, 53 bits of the digest -> a float64 grid of 2^-53 (every
     value exactly representable, so the draw is platform independent).
     """
-    if isinstance(image_id, str):
-        image_id = image_id.encode("utf-8")
-    hasher = _keyed_hasher(int(seed)).copy()  # copying the keyed state: half the cost
-    hasher.update(image_id)
-    return (int.from_bytes(hasher.digest(), "little") >> 11) * _INV_2_53
+    digest = _digest(_keyed_hasher(int(seed)), image_id)
+    return (int.from_bytes(digest, "little") >> 11) * _INV_2_53
 
 
 def uniform_from_ids(seed: int, image_ids: Sequence) -> np.ndarray:
     """float64 [n]: `uniform_from_id(seed, id)` of each id, with one conversion of all
     the digests instead of one per id."""
     base = _keyed_hasher(int(seed))
-    digests = []
-    for image_id in image_ids:
-        if isinstance(image_id, str):
-            image_id = image_id.encode("utf-8")
-        hasher = base.copy()
-        hasher.update(image_id)
-        digests.append(hasher.digest())
-    bits = np.frombuffer(b"".join(digests), "<u8") >> np.uint64(11)
+    digests = b"".join([_digest(base, image_id) for image_id in image_ids])
+    bits = np.frombuffer(digests, "<u8") >> np.uint64(11)
     return bits.astype(np.float64) * _INV_2_53  # exact: bits < 2^53
 
 
 @functools.lru_cache(maxsize=16)
 def _keyed_hasher(seed: int):
     return hashlib.blake2b(digest_size=8, key=str(seed).encode("ascii"))
+
+
+def _digest(base, image_id) -> bytes:
+    """8-byte BLAKE2b digest of the id (str: UTF-8) under `base`'s key; copying the keyed
+    state costs half of keying a new hasher."""
+    if isinstance(image_id, str):
+        image_id = image_id.encode("utf-8")
+    hasher = base.copy()
+    hasher.update(image_id)
+    return hasher.digest()
 
 
 def copy_ratio(total: int, num_image: int, use_all: bool = False,
