@@ -131,8 +131,9 @@ class ExperimentConfig:
 
 
 HELP = {
-    "task_name": "imagenet, svhn or digits: normalisation constants and dataset sizes; "
-                 "svhn and digits force 32x32 small-image models with 10 classes",
+    "task_name": "imagenet, svhn, digits or fashion_mnist: normalisation constants and "
+                 "dataset sizes; svhn, digits and fashion_mnist force 32x32 small-image "
+                 "models with 10 classes",
     "label_data_dir": "Directory of labeled TFRecords (train*, dev*, test*, validation*)",
     "unlabel_data_dir": "Unlabeled data; ';'-separated dirs of train*/extra* files",
     "model_dir": "Checkpoints, summaries, FLAGS.json, eval results",
@@ -224,6 +225,9 @@ TASKS = {
     # Digits, like house numbers, change meaning when mirrored: no flip either.
     "digits": dict(normalization="svhn", small_image=True, num_classes=10, image_size=32,
                    flip=False),
+    # Clothes keep their class when mirrored: flipped like ImageNet and CIFAR.
+    "fashion_mnist": dict(normalization="fashion_mnist", small_image=True, num_classes=10,
+                          image_size=32),
 }
 
 

@@ -49,6 +49,7 @@ from nst import fileio  # noqa: E402
 from nst import pipeline_config as pc  # noqa: E402
 from nst.pipeline_config import Stage  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.pseudo import label_accuracy  # noqa: E402
 
 
 # --------------------------------------------------------------------------- commands
@@ -58,11 +59,11 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
     """Shell commands that run `stage` on its own (one per shard where shards exist)."""
     gin_file = os.path.join(run_dir, "configs", f"{stage.name}.gin")
     if stage.kind == "data":
-        d = stage.data_args
-        return [shlex.join(["python", os.path.join(pc.REPO_DIR, "tools", "make_digits.py"),
-                            f"--output_dir={stage.directory}",
-                            f"--labels_per_class={d['labels_per_class']}",
-                            f"--seed={d['seed']}"])]
+        d = dict(stage.data_args)
+        tool = pc.GENERATED_DATASETS[d.pop("dataset", "digits")][1]
+        return [shlex.join(["python", os.path.join(pc.REPO_DIR, "tools", tool),
+                            f"--output_dir={stage.directory}"]
+                           + [f"--{key}={value}" for key, value in sorted(d.items())])]
     if stage.kind == "train":
         return [shlex.join(["nst-main", f"--gin_file={gin_file}"])]
     if stage.kind == "predict":
@@ -148,18 +149,27 @@ def _run_filter(stage: Stage) -> Dict:
             f"{stage.name} kept no pseudo-labelled image: no prediction of the teacher "
             f"reached min_threshold={f.min_threshold} (see {f.output_dir}/threshold.json). "
             f"Lower PipelineConfig.min_threshold or train the teacher longer.")
+    summary["accuracy"] = {
+        "before": label_accuracy.pseudo_label_accuracy(f.input_pattern(),
+                                                       f.num_label_classes),
+        "after": label_accuracy.pseudo_label_accuracy(f.data_pattern(), f.num_label_classes)}
     return {"pseudo_labels": summary}
 
 
 def _run_data(stage: Stage) -> Dict:
-    from nst.data.sources.digits import make_digits_dataset
-    d = stage.data_args
-    info = make_digits_dataset(stage.directory, labels_per_class=d["labels_per_class"],
-                               seed=d["seed"])
+    d = dict(stage.data_args)
+    if d.pop("dataset", "digits") == "fashion_mnist":
+        from nst.data.sources.fashion_mnist import make_fashion_mnist_dataset as make
+    else:
+        from nst.data.sources.digits import make_digits_dataset as make
+    info = make(stage.directory, **d)
     return {"splits": {k: v["num_records"] for k, v in info["splits"].items()}}
 
 
 def run_stage(stage: Stage, run_dir: str) -> Dict:
+    """Runs one stage; its stage_done.json records what it made and its `seconds` (the
+    time of the run that finished it, plus `resumed` earlier attempts' time when known)."""
+    start = time.time()
     if stage.kind == "data":
         summary = _run_data(stage)
     elif stage.kind == "train":
@@ -168,7 +178,8 @@ def run_stage(stage: Stage, run_dir: str) -> Dict:
         summary = _run_predict(stage, run_dir)
     else:
         summary = _run_filter(stage)
-    summary = dict(summary, stage=stage.name, kind=stage.kind, iteration=stage.iteration)
+    summary = dict(summary, stage=stage.name, kind=stage.kind, iteration=stage.iteration,
+                   seconds=round(time.time() - start, 1))
     fileio.atomic_write_json(stage.done_path, summary)
     return summary
 

@@ -26,6 +26,8 @@ from absl import logging
 from nst import config as config_lib
 from nst import fileio
 from nst.data import readers
+from nst.data.sources import digits
+from nst.data.sources import fashion_mnist
 from nst.models import config as model_config
 from nst.models import flops
 from nst.pseudo import filter as filter_lib
@@ -35,6 +37,9 @@ REPO_GIN_DIR = os.path.join(REPO_DIR, "gin")
 DEFAULT_GIN_FILE = "digits/noisy_student.gin"
 QUICK_GIN_FILE = "digits/quick.gin"
 PIPELINE_FILE = "pipeline.json"
+# Data sets the pipeline writes itself into <run_dir>/data: their module and maker tool.
+GENERATED_DATASETS = {"digits": (digits, "make_digits.py"),
+                      "fashion_mnist": (fashion_mnist, "make_fashion_mnist.py")}
 DONE_FILE = "stage_done.json"
 
 
@@ -72,12 +77,17 @@ class PipelineConfig:
     Attributes:
       run_dir: where every stage writes (see `nst.pipeline`).
       title: report heading.
-      dataset: "digits" (the bundled demo data, written to <run_dir>/data) or "records"
-        (existing TFRecords: `label_data_dir` with train*/dev*/test* files and
-        `unlabel_data_dir` with `<unlabeled_prefix>-%05d-of-%05d` shards;
-        `unlabeled_num_shards` of them, 0 = count the files).
-      labels_per_class: digits: labeled training images per class.
-      data_seed: digits: seed of the labeled/unlabeled/test split.
+      dataset: "digits" (the bundled demo data, written to <run_dir>/data),
+        "fashion_mnist" (Fashion-MNIST from the IDX files in `source_dir`, written to
+        <run_dir>/data) or "records" (existing TFRecords: `label_data_dir` with
+        train*/dev*/test* files and `unlabel_data_dir` with
+        `<unlabeled_prefix>-%05d-of-%05d` shards; `unlabeled_num_shards` of them, 0 =
+        count the files).
+      source_dir: fashion_mnist: directory of the four IDX files (default: where
+        `apt-get install dataset-fashion-mnist` puts them).
+      labels_per_class: digits, fashion_mnist: labeled training images per class.
+      data_seed: digits, fashion_mnist: seed of the labeled/unlabeled split.
+      dev_per_class: fashion_mnist: dev images per class (the same for every data_seed).
       num_iterations: student iterations N (>= 1).
       online_teacher: students run their teacher on raw unlabeled images (no predict or
         filter stages), as the original SVHN run.sh.
@@ -102,8 +112,10 @@ class PipelineConfig:
     unlabel_data_dir: str = ""
     unlabeled_prefix: str = "extra"
     unlabeled_num_shards: int = 0
+    source_dir: str = fashion_mnist.DEFAULT_SOURCE_DIR
     labels_per_class: int = 10
     data_seed: int = 0
+    dev_per_class: int = fashion_mnist.DEV_PER_CLASS
     num_iterations: int = 2
     online_teacher: bool = False
     teacher_path: str = ""
@@ -120,7 +132,7 @@ class PipelineConfig:
 
     def data_dirs(self) -> Tuple[str, str]:
         """(labeled dir, unlabeled dir)."""
-        if self.dataset == "digits":
+        if self.dataset in GENERATED_DATASETS:
             data = os.path.join(self.run_dir, "data")
             return data, os.path.join(data, "unlabeled")
         return self.label_data_dir, self.unlabel_data_dir
@@ -195,9 +207,12 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
     label_dir, unlabel_dir = pipeline.data_dirs()
     common = dict(label_data_dir=label_dir, seed=pipeline.seed)
     stages = []
-    if pipeline.dataset == "digits":
-        stages.append(Stage("data", "data", 0, label_dir, data_args={
-            "labels_per_class": pipeline.labels_per_class, "seed": pipeline.data_seed}))
+    if pipeline.dataset in GENERATED_DATASETS:
+        data_args = {"labels_per_class": pipeline.labels_per_class, "seed": pipeline.data_seed}
+        if pipeline.dataset != "digits":
+            data_args.update(dataset=pipeline.dataset, source_dir=pipeline.source_dir,
+                             dev_per_class=pipeline.dev_per_class)
+        stages.append(Stage("data", "data", 0, label_dir, data_args=data_args))
     teacher = roles["teacher"]
     if pipeline.teacher_path:
         teacher_dir = pipeline.teacher_path
@@ -225,7 +240,7 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
             filtered = os.path.join(directory, "filtered")
             num_shards = pipeline.unlabeled_num_shards or (
                 _shard_count(unlabel_dir, pipeline.unlabeled_prefix) if pipeline.dataset ==
-                "records" and check_data else _digits_extra_shards())
+                "records" and check_data else _generated_extra_shards(pipeline))
             predict = dataclasses.replace(
                 previous, mode="predict", predict_ckpt_path=previous_dir,
                 label_data_dir=unlabel_dir, output_dir=predictions,
@@ -275,14 +290,17 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
     return pipeline, stages
 
 
-def _digits_extra_shards() -> int:
-    from nst.data.sources import digits
-    return digits.DEFAULT_NUM_SHARDS["extra"]
+def _generated_extra_shards(pipeline: PipelineConfig) -> int:
+    module = GENERATED_DATASETS.get(pipeline.dataset, (digits,))[0]
+    return module.DEFAULT_NUM_SHARDS["extra"]
 
 
 def _auto_num_image(pipeline: PipelineConfig, num_classes: int) -> int:
+    if pipeline.dataset == "fashion_mnist":
+        return max(1, fashion_mnist.unlabeled_count(
+            pipeline.labels_per_class, source_dir=pipeline.source_dir,
+            dev_per_class=pipeline.dev_per_class) // num_classes)
     if pipeline.dataset == "digits":
-        from nst.data.sources import digits
         labels = digits.load_digits_images()[1]
         extra = digits.split_indices(labels, pipeline.labels_per_class, 0.3, 0.1,
                                      pipeline.data_seed)["extra"]
@@ -295,8 +313,9 @@ def _auto_num_image(pipeline: PipelineConfig, num_classes: int) -> int:
 
 
 def _check(pipeline: PipelineConfig, check_data: bool = True):
-    if pipeline.dataset not in ("digits", "records"):
-        raise ValueError(f"PipelineConfig.dataset must be 'digits' or 'records', got "
+    if pipeline.dataset not in (*GENERATED_DATASETS, "records"):
+        raise ValueError(f"PipelineConfig.dataset must be one of "
+                         f"{sorted(GENERATED_DATASETS) + ['records']}, got "
                          f"{pipeline.dataset!r}")
     if pipeline.num_iterations < 1:
         raise ValueError(f"PipelineConfig.num_iterations must be >= 1, got "
@@ -314,6 +333,15 @@ def _check(pipeline: PipelineConfig, check_data: bool = True):
             if not tf.io.gfile.glob(os.path.join(directory, pattern)):
                 raise FileNotFoundError(f"PipelineConfig.{name}={directory!r} holds no "
                                         f"{pattern} files")
+    if pipeline.dataset == "fashion_mnist" and check_data:
+        try:  # the files exist, and the labels allow labels_per_class
+            fashion_mnist.unlabeled_count(pipeline.labels_per_class,
+                                          source_dir=pipeline.source_dir,
+                                          dev_per_class=pipeline.dev_per_class)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"PipelineConfig.source_dir: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"PipelineConfig.labels_per_class: {e}") from None
     if check_data and pipeline.teacher_path and not tf.io.gfile.exists(pipeline.teacher_path) \
             and not tf.io.gfile.exists(pipeline.teacher_path + ".index"):
         raise FileNotFoundError(f"PipelineConfig.teacher_path={pipeline.teacher_path} "

@@ -49,7 +49,10 @@ local filter (`nst.pseudo.filter`) and returns
    "num_image": int | None,         # target per class (filter_config.json; None when the
                                     #   thresholds came without it, e.g. the original tool)
    "num_image_across_cat": int | None,  # Σ_c min(admitted_c, num_image)
-   "filter_output_dir": str, "prelim_stats_dir": str}
+   "filter_output_dir": str, "prelim_stats_dir": str,
+   "accuracy": {"before": ..., "after": ...}}  # optional, added by the pipeline: the
+                                    #   `nst.pseudo.label_accuracy` dicts of the
+                                    #   predictions and of the filtered copies
 
 Note: when the filter ran with only_use_num_shards, the histogram (so counts_before)
 covers only those shards, while counts_after covers every shard.
@@ -459,6 +462,16 @@ def verdict(stages: List[Mapping]) -> str:
     return f"{head}: the best student **does not beat** the teacher ({delta:+.2f} points)."
 
 
+def _accuracy_by_stage(summary: Mapping, num_classes: int) -> Dict[str, Mapping]:
+    """{"before"|"after": label_accuracy dict} of the parts that have true labels."""
+    accuracy = summary.get("accuracy")
+    if not isinstance(accuracy, Mapping):
+        return {}
+    return {when: a for when in ("before", "after")
+            if isinstance(a := accuracy.get(when), Mapping) and a.get("accuracy") is not None
+            and len(a.get("per_class") or []) == num_classes}
+
+
 def _pseudo_label_lines(summary: Mapping) -> List[str]:
     thresholds = list(summary.get("thresholds") or [])
     before = list(summary.get("counts_before") or [])
@@ -473,11 +486,21 @@ def _pseudo_label_lines(summary: Mapping) -> List[str]:
         return lines + ["", "_The pseudo-label summary is inconsistent (lists of different "
                             "lengths); see results.json._"]
     lines.append("")
+    accuracy = _accuracy_by_stage(summary, len(thresholds))
+    if accuracy:
+        lines += ["Pseudo-label accuracy against the withheld true labels: " + "; ".join(
+            f"{when} filtering {_pct(a['accuracy'])}% of {a['with_true_label']} "
+            f"{'images' if when == 'before' else 'copies written'}"
+            for when, a in accuracy.items()) + ".", ""]
     if len(thresholds) <= MAX_TABLE_CLASSES:
+        extra = [f"pseudo-label accuracy {when} (%)" for when in accuracy]
         lines += ["| class | threshold | images before (argmax) | admitted (≥ threshold) "
-                  "| copies after |", "| --- | --- | --- | --- | --- |"]
+                  "| copies after |" + "".join(f" {e} |" for e in extra),
+                  "| --- | --- | --- | --- | --- |" + " --- |" * len(extra)]
         lines += [f"| {c} | {thresholds[c]:.2f} | {before[c]} | "
                   f"{DASH if admitted[c] is None else admitted[c]} | {after[c]} |"
+                  + "".join(f" {_pct(a['per_class'][c]['accuracy'])} |"
+                            for a in accuracy.values())
                   for c in range(len(thresholds))]
     else:
         lines += ["| per class | min | median | mean | max |", "| --- | --- | --- | --- | --- |"]

@@ -23,3 +23,40 @@ except RuntimeError:  # already initialised by an earlier import
 def _seed_everything():
     keras.utils.set_random_seed(1234)
     yield
+
+
+def write_fashion_idx(directory, train_per_class=30, test_per_class=4, gzipped=True,
+                      seed=0):
+    """A small Fashion-MNIST look-alike in the four original IDX files (no download).
+
+    Each class is a blob of its own brightness and position, so a model can learn it.
+    Returns {"train": (images, labels), "test": (images, labels)} as written.
+    """
+    import gzip
+
+    import numpy as np
+
+    from nst.data.sources import fashion_mnist, idx
+
+    rng = np.random.RandomState(seed)
+    os.makedirs(directory, exist_ok=True)
+    written = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
+        images = rng.randint(0, 40, (len(labels), 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            row = 2 + 2 * int(c)
+            images[i, row:row + 6, 4:24] = 100 + 15 * int(c)
+        for array, name in zip((images, labels), fashion_mnist.FILES[split]):
+            data = idx.encode(array)
+            path = os.path.join(directory, name + (".gz" if gzipped else ""))
+            with open(path, "wb") as f:
+                f.write(gzip.compress(data, mtime=0) if gzipped else data)
+        written[split] = images, labels.astype(np.int64)
+    return written
+
+
+@pytest.fixture(scope="session")
+def fashion_idx():
+    """`write_fashion_idx` for tests in any folder."""
+    return write_fashion_idx

@@ -1,12 +1,14 @@
 """tools/benchmark_ssl.py's table (the runs themselves are the demo, tested in
 tests/test_pipeline.py)."""
 
+import functools
 import importlib.util
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.lru_cache(maxsize=None)  # its absl flags may be defined once per process
 def _tool():
     spec = importlib.util.spec_from_file_location(
         "benchmark_ssl", os.path.join(REPO, "tools", "benchmark_ssl.py"))
@@ -22,3 +24,92 @@ def test_table_is_mean_and_sample_std_over_seeds():
     assert text[0].startswith("| model | test top-1 (%)")
     assert text[2] == "| teacher | 92.00 ± 2.00 | 80.00 ± 0.00 | 90.00, 92.00, 94.00 |"
     assert text[3] == "| student-1 | 96.00 ± 1.41 | — | 95.00, —, 97.00 |"
+
+
+def test_pseudo_and_seconds_tables():
+    tool = _tool()
+    pseudo = tool.pseudo_table({"student-1": {"before": [0.8, 0.82], "after": [0.81, None]}},
+                               ["0", "1"]).splitlines()
+    assert pseudo[2] == "| student-1 | 81.00 ± 1.41 | 81.00 ± 0.00 | 81.00, — |"
+    seconds = tool.seconds_table({"main recipe": [600.0, 1200.0]}, ["0", "1"]).splitlines()
+    assert seconds[2] == "| main recipe | 15.0 | 10.0, 20.0 |"
+
+
+def test_run_seconds_sums_the_stages(tmp_path):
+    for stage, seconds in (("a", 1.5), ("b/c", 2.0)):
+        (tmp_path / stage).mkdir(parents=True)
+        (tmp_path / stage / "stage_done.json").write_text(f'{{"seconds": {seconds}}}')
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "stage_done.json").write_text("{}")  # an older run: no time recorded
+    assert _tool().run_seconds(str(tmp_path)) == 3.5
+
+
+def test_each_ablation_changes_one_thing_of_student_1(tmp_path):
+    """Planned with the benchmark's bindings, every ablation's student 1 differs from the
+    main recipe's student 1 only where it should; the teacher is the main run's."""
+    import dataclasses
+
+    from nst import pipeline_config as pc
+    tool = _tool()
+    recipe = tool.DATASETS["fashion_mnist"].recipe
+    _, main_stages = pc.plan([recipe], [], {"run_dir": str(tmp_path / "main")},
+                             check_data=False)
+    main = {s.name: s for s in main_stages}
+    base = dataclasses.asdict(main["student-1"].settings)
+    expected = {
+        "no_noise": {"augment_name": None, "remove_aug": True, "dropout_rate": 0.0,
+                     "stochastic_depth_rate": 0.0},
+        "no_randaugment": {"augment_name": None, "remove_aug": True},
+        "no_model_noise": {"dropout_rate": 0.0, "stochastic_depth_rate": 0.0},
+        "hard_labels": {"teacher_softmax_temp": -1.0},
+        "no_filter": {},
+        "same_size": {"width_coefficient": 0.25},
+    }
+    assert set(expected) == set(tool.ABLATIONS)
+    data_dir = str(tmp_path / "main" / "data")
+    for name in tool.ABLATIONS:
+        params = tool.ablation_params(name, data_dir, main["teacher"].directory, 0.25)
+        config, stages = pc.plan([recipe], params, {"run_dir": str(tmp_path / name)},
+                                 check_data=False)
+        by_name = {s.name: s for s in stages}
+        assert "teacher" not in by_name and "data" not in by_name  # the main run's
+        assert by_name["predict-1"].settings.label_data_dir == data_dir + "/unlabeled"
+        assert by_name["predict-1"].settings.predict_ckpt_path == main["teacher"].directory
+        settings = dataclasses.asdict(by_name["student-1"].settings)
+        changed = {k: v for k, v in settings.items()
+                   if v != base[k] and k not in ("model_dir", "unlabel_data_dir")}
+        assert settings["label_data_dir"] == data_dir == base["label_data_dir"]
+        assert changed == expected[name], name
+        f, main_f = by_name["filter-1"].filter_config, main["filter-1"].filter_config
+        if name == "no_filter":
+            assert (f.min_threshold, f.use_all) == (0.0, True)
+        else:
+            assert (f.min_threshold, f.use_all, f.num_image, f.seed) == (
+                main_f.min_threshold, main_f.use_all, main_f.num_image, main_f.seed)
+
+
+def test_peers_run_on_a_small_split():
+    import numpy as np
+
+    from nst import peers
+    rng = np.random.RandomState(0)
+    centers = rng.rand(3, 16).astype(np.float32)
+
+    def sample(n):
+        y = np.arange(n) % 3
+        return (centers[y] + 0.05 * rng.randn(n, 16)).astype(np.float32), y
+
+    data = {"train": sample(9), "dev": sample(30), "test": sample(30),
+            "unlabeled": (sample(60)[0], np.full(60, -1))}
+    fitted = peers.fit_peers(data, pca_components=5)
+    assert set(fitted) == set(peers.PEERS)
+    for name, result in fitted.items():
+        assert result["test"] == 1.0, name  # well separated clusters
+        param, grid = peers.GRIDS[name]
+        assert result["param"][param] in grid
+    try:
+        peers.fit_peers(data, peers=["knn"])
+    except ValueError as e:
+        assert "unknown peers ['knn']" in str(e)
+    else:
+        raise AssertionError("an unknown peer must be refused")

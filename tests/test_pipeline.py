@@ -86,7 +86,8 @@ def test_students_without_noise(tmp_path):
 
 
 def test_every_pipeline_recipe_plans(tmp_path):
-    for gin in ("digits/noisy_student.gin", "digits/online.gin", "svhn/pipeline_online.gin",
+    for gin in ("digits/noisy_student.gin", "digits/online.gin",
+                "fashion_mnist/noisy_student.gin", "svhn/pipeline_online.gin",
                 "svhn/pipeline_offline.gin", "imagenet/noisy_student_l2.gin"):
         config, stages = pc.plan([gin], [], {"run_dir": str(tmp_path / "r")},
                                  check_data=False)
@@ -241,3 +242,105 @@ def test_killed_run_resumes_to_the_same_numbers(quick_run, tmp_path, kill_when):
     assert not (run_dir / "iteration_1" / "student" / "stage_done.json").exists()
     subprocess.run(_command(run_dir), check=True, cwd=REPO, capture_output=True)
     assert _final_numbers(run_dir)[0] == _final_numbers(quick_run)[0]
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION = "fashion_mnist/noisy_student.gin"
+
+
+def _fashion_plan(tmp_path, source_dir, *params, **overrides):
+    return _plan(tmp_path, f"PipelineConfig.source_dir = '{source_dir}'",
+                 "PipelineConfig.dev_per_class = 5", *params, gin=FASHION, **overrides)
+
+
+def test_fashion_recipe_plans_growing_students(tmp_path, fashion_idx):
+    fashion_idx(str(tmp_path / "src"), train_per_class=50, test_per_class=2)
+    config, stages = _fashion_plan(tmp_path, tmp_path / "src")
+    s = _by_name(stages)
+    assert [st.name for st in stages] == ["data", "teacher", "predict-1", "filter-1",
+                                          "student-1", "predict-2", "filter-2", "student-2"]
+    assert s["data"].data_args == {"dataset": "fashion_mnist", "labels_per_class": 40,
+                                   "seed": 0, "source_dir": str(tmp_path / "src"),
+                                   "dev_per_class": 5}
+    widths = [s[n].settings.width_coefficient for n in ("teacher", "student-1", "student-2")]
+    assert widths == [0.25, 0.35, 0.5]
+    for name in ("teacher", "student-1", "student-2"):
+        settings = config_lib.finalize(dataclasses.replace(s[name].settings, mode="train"))
+        assert (settings.task_name, settings.small_image_model,
+                settings.input_image_size) == ("fashion_mnist", True, 32)
+        assert s[name].settings.augment_name == "v1"
+    student = s["student-1"].settings
+    assert student.teacher_softmax_temp == 1.0 and student.unlabel_ratio == 6.0
+    # 50 - 5 dev leaves 45 per class: 46 labeled per class is named before any work.
+    with pytest.raises(ValueError, match="labels_per_class.*too large"):
+        _fashion_plan(tmp_path, tmp_path / "src", "PipelineConfig.labels_per_class = 46")
+    config, stages = _fashion_plan(tmp_path, tmp_path / "src",
+                                   "PipelineConfig.labels_per_class = 4")
+    # auto num_image: (50 - 5 - 4) unlabeled images per class.
+    assert _by_name(stages)["filter-1"].filter_config.num_image == 41
+
+
+def test_fashion_missing_source_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="PipelineConfig.source_dir.*apt-get install "
+                                                "dataset-fashion-mnist"):
+        _fashion_plan(tmp_path, tmp_path / "nowhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fashion_run_dir_of_another_seed_is_refused(tmp_path, fashion_idx):
+    fashion_idx(str(tmp_path / "src"), train_per_class=30, test_per_class=2)
+    config, stages = _fashion_plan(tmp_path, tmp_path / "src",
+                                   "PipelineConfig.labels_per_class = 4")
+    pc.prepare_run_dir(config, stages)
+    other, other_stages = _fashion_plan(tmp_path, tmp_path / "src",
+                                        "PipelineConfig.labels_per_class = 4",
+                                        "PipelineConfig.data_seed = 1")
+    with pytest.raises(ValueError, match=r"(?s)other settings.*data_seed: 0 -> 1"):
+        pc.prepare_run_dir(other, other_stages)
+    digits_config, digits_stages = _plan(tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)other settings.*dataset: 'fashion_mnist' -> "
+                                         r"'digits'"):
+        pc.prepare_run_dir(digits_config, digits_stages)
+
+
+@pytest.mark.slow
+def test_tiny_fashion_run_reports_pseudo_label_accuracy(tmp_path, fashion_idx):
+    source = tmp_path / "src"
+    fashion_idx(str(source), train_per_class=30, test_per_class=3)
+    run_dir = tmp_path / "run"
+    params = [f"PipelineConfig.source_dir = '{source}'", "PipelineConfig.dev_per_class = 5",
+              "PipelineConfig.labels_per_class = 5", "PipelineConfig.num_iterations = 1",
+              "PipelineConfig.min_threshold = 0.0",
+              "ExperimentConfig.iterations_per_loop = 10",
+              "teacher/ExperimentConfig.train_steps = 20",
+              "teacher/ExperimentConfig.save_checkpoints_steps = 20",
+              "student/ExperimentConfig.train_steps = 10",
+              "student/ExperimentConfig.save_checkpoints_steps = 10",
+              "student/ExperimentConfig.unlabel_ratio = 1.0"]
+    command = [sys.executable, "-m", "nst.pipeline", f"--gin_file={FASHION}",
+               f"--run_dir={run_dir}"] + [f"--gin_param={p}" for p in params]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    info = json.loads((run_dir / "data" / "dataset_info.json").read_text())
+    assert {k: v["num_records"] for k, v in info["splits"].items()} == {
+        "train": 50, "dev": 50, "extra": 200, "test": 30}
+    teacher, student = results["stages"]
+    assert teacher["metrics"]["test"]["num_images"] == 30
+    accuracy = student["pseudo_labels"]["accuracy"]
+    before, after = accuracy["before"], accuracy["after"]
+    assert before["records"] == before["with_true_label"] == 200
+    assert after["records"] == student["pseudo_labels"]["total_after"]
+    # The accuracy is that of the predictions the stage wrote: recount them here.
+    from nst.data import readers, schema
+    rows = list(readers.read_examples(str(run_dir / "iteration_1" / "predictions" / "extra-*"),
+                                      schema.PSEUDO_LABELED, 10).as_numpy_iterator())
+    assert before["correct"] == sum(int(r["label"] == r["true_label"]) for r in rows)
+    report = (run_dir / "report.md").read_text()
+    expected = f"{100 * before['correct'] / 200:.2f}% of 200 images"
+    assert "Pseudo-label accuracy against the withheld true labels: before filtering " \
+        + expected in report
+    assert "pseudo-label accuracy after (%)" in report
+    stage_done = json.loads((run_dir / "iteration_1" / "student" / "stage_done.json")
+                            .read_text())
+    assert stage_done["seconds"] > 0

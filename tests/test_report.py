@@ -337,3 +337,26 @@ def test_metrics_from_eval_results(tmp_path):
     assert sorted(metrics) == ["dev", "test"]
     assert metrics["test"]["top_1_accuracy"] == 0.6 and metrics["test"]["global_step"] == 200
     assert metrics["dev"]["top_1_accuracy"] == 0.7 and "split" not in metrics["dev"]
+
+
+def test_pseudo_label_accuracy_section(tmp_path):
+    results = _full_results()
+    per_class = [{"records": 10, "correct": 9, "accuracy": 0.9},
+                 {"records": 4, "correct": 1, "accuracy": 0.25},
+                 {"records": 2, "correct": 0, "accuracy": None}]
+    results["stages"][1]["pseudo_labels"] = dict(
+        results["stages"][1]["pseudo_labels"], accuracy={
+            "before": {"records": 16, "with_true_label": 14, "correct": 10,
+                       "accuracy": 10 / 14, "per_class": per_class},
+            "after": {"records": 15, "with_true_label": 15, "correct": 12,
+                      "accuracy": 0.8, "per_class": per_class[::-1]}})
+    text = open(report.write_report(str(tmp_path / "run"), results)["report"]).read()
+    assert ("Pseudo-label accuracy against the withheld true labels: before filtering "
+            "71.43% of 14 images; after filtering 80.00% of 15 copies written.") in text
+    assert ("| class | threshold | images before (argmax) | admitted (≥ threshold) | copies "
+            "after | pseudo-label accuracy before (%) | pseudo-label accuracy after (%) |"
+            ) in text
+    class_rows = [line for line in text.splitlines() if line.startswith("| 0 |")]
+    assert class_rows[0] == "| 0 | 0.95 | 12 | 8 | 5 | 90.00 | — |"
+    assert class_rows[1] == "| 0 | 0.90 | 12 | 8 | 5 |"  # iteration 2 has no accuracy
+    assert "| 1 | " in text and " | 25.00 | 25.00 |" in text

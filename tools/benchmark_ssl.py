@@ -1,99 +1,334 @@
 #!/usr/bin/env python
-"""Does Noisy Student help? The digits demo repeated over several seeds.
+"""Does Noisy Student help? A recipe over several seeds, with classical peers and ablations.
 
-For each seed (training and data split alike) it runs
-  * the demo (`nst-pipeline`, gin/digits/noisy_student.gin): teacher, students 1..N;
-  * a baseline: one student trained from the same teacher with the same pseudo labels
-    but without noise (no RandAugment, dropout or stochastic depth).
-and prints test (and dev) top-1 accuracy as mean ± std over the seeds, plus per-seed
-values. Each run lives in <work_dir>/seed_<s>/{noisy,no_noise} and resumes if rerun.
+For each seed (training and data split alike):
+  * the main recipe (`nst-pipeline`): teacher, students 1..N, in <work_dir>/seed_<s>/main;
+  * the classical peers of `nst.peers` on the same labeled / unlabeled / dev / test
+    records (the main run's data directory);
+  * ablations: student 1 trained from the same teacher, on the same unlabeled data, with
+    one thing changed (ABLATIONS), each in <work_dir>/seed_<s>/<ablation>.
+Every ablation run points at the main run's teacher and data, and with the same seed its
+predict and filter stages give exactly the main run's pseudo labels (unless the ablation
+changes the filter). Order of work: the main recipe on every seed first, then the peers,
+then the ablations on `--ablation_seeds` (default: all seeds), so that a short compute
+budget still yields the main table. Every run resumes when the command is rerun;
+`--output` (JSON) and `--markdown` are rewritten after every finished run.
 
-  python tools/benchmark_ssl.py --seeds=0,1,2 --work_dir=/tmp/nst_ssl
+  python tools/benchmark_ssl.py --dataset=fashion_mnist --labels_per_class=40 \\
+      --seeds=0,1,2 --work_dir=/var/tmp/nst_ssl_fashion
+  python tools/benchmark_ssl.py --seeds=0,1,2       # the digits demo (no peers)
+
+Wall time per run is the sum of its stages' own times (`seconds` in each
+stage_done.json), so it is right for resumed runs too.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import Dict, List, Optional
 
 import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    recipe: str             # gin file of the main recipe
+    labels_per_class: int
+    crop: int               # border the data set's images were padded with (peers)
+    ablations: tuple        # default ablations
+    peers: bool             # fit the classical peers by default
+
+
+DATASETS = {
+    "digits": Dataset("digits/noisy_student.gin", 10, 0, ("no_noise",), False),
+    "fashion_mnist": Dataset("fashion_mnist/noisy_student.gin", 40, 2,
+                             ("no_noise", "no_randaugment", "no_model_noise", "hard_labels",
+                              "no_filter", "same_size"), True),
+}
+
+# name -> (row label, gin bindings). "{teacher_width}" is the main run's teacher width.
+ABLATIONS = {
+    "no_noise": ("student-1 without noise", ["PipelineConfig.student_noise = False"]),
+    "no_randaugment": ("student-1 without input noise (no RandAugment, crop or flip; "
+                       "dropout and stochastic depth kept)",
+                       ["student/ExperimentConfig.augment_name = None",
+                        "student/ExperimentConfig.remove_aug = True"]),
+    "no_model_noise": ("student-1 without model noise (no dropout or stochastic depth; "
+                       "RandAugment kept)",
+                       ["student/ExperimentConfig.dropout_rate = 0.0",
+                        "student/ExperimentConfig.stochastic_depth_rate = 0.0"]),
+    "hard_labels": ("student-1 with hard pseudo labels",
+                    ["student/ExperimentConfig.teacher_softmax_temp = -1.0"]),
+    "no_filter": ("student-1 without filtering or balancing (every pseudo label once)",
+                  ["PipelineConfig.min_threshold = 0.0", "PipelineConfig.use_all = True"]),
+    "same_size": ("student-1 of the teacher's size",
+                  ["student/iteration_1/ExperimentConfig.width_coefficient = "
+                   "{teacher_width}"]),
+}
+
+flags.DEFINE_enum("dataset", "digits", list(DATASETS), "Which recipe.")
+flags.DEFINE_integer("labels_per_class", None, "Labeled images per class (default: the "
+                     "recipe's: digits 10, fashion_mnist 40).")
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_string("ablation_seeds", None, "Seeds to run the ablations on (default: all "
+                    "--seeds).")
+flags.DEFINE_string("ablations", None, f"Comma-separated ablations of {list(ABLATIONS)}, "
+                    f"'none', or unset for the data set's default.")
+flags.DEFINE_bool("peers", None, "Fit the classical peers (default: fashion_mnist yes, "
+                  "digits no).")
 flags.DEFINE_string("work_dir", "/tmp/nst_ssl", "Where the runs go.")
+flags.DEFINE_string("source_dir", None, "fashion_mnist: directory of the IDX files.")
 flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run (e.g. for a "
                           "smaller smoke run).")
-flags.DEFINE_bool("quick", False, "Use the --quick demo (tests).")
-flags.DEFINE_string("output", "", "Also write the table and raw numbers to this JSON file.")
+flags.DEFINE_bool("quick", False, "Use the --quick pipeline settings (tests).")
+flags.DEFINE_string("output", "", "Write the tables and raw numbers to this JSON file.")
+flags.DEFINE_string("markdown", "", "Write the tables to this Markdown file.")
 
 
-def _run(run_dir, seed, extra):
-    command = [sys.executable, "-m", "nst.pipeline", f"--run_dir={run_dir}", f"--seed={seed}",
-               f"--gin_param=PipelineConfig.data_seed = {seed}"]
-    command += [f"--gin_param={p}" for p in list(FLAGS.gin_param) + extra]
+def _check_ablations(names: List[str]) -> List[str]:
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise app.UsageError(f"--ablations: unknown {unknown}; known: {list(ABLATIONS)}")
+    return names
+
+
+def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str) -> Dict:
+    """Runs (or resumes) one nst-pipeline run; returns its results.json."""
+    command = [sys.executable, "-m", "nst.pipeline", f"--gin_file={FLAGS_recipe()}",
+               f"--run_dir={run_dir}", f"--seed={seed}"]
+    command += [f"--gin_param={p}" for p in params]
     if FLAGS.quick:
         command.append("--quick")
-    start = time.time()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{run_dir}: nst-pipeline failed (exit {done.returncode}); "
+                           f"see {log_path}")
     with open(os.path.join(run_dir, "results.json")) as f:
-        results = json.load(f)
-    return results, time.time() - start
+        return json.load(f)
 
 
-def _top1(stage, split):
-    metrics = stage.get("metrics") or {}
-    return metrics.get(split, {}).get("top_1_accuracy")
+def FLAGS_recipe() -> str:  # noqa: N802 (a flag-derived constant)
+    return DATASETS[FLAGS.dataset].recipe
 
 
-def collect(seeds):
-    """{row name: {split: [accuracy per seed]}}, rows in display order; and timings."""
-    rows, times = {}, []
-    for seed in seeds:
-        base = os.path.join(FLAGS.work_dir, f"seed_{seed}")
-        noisy, seconds = _run(os.path.join(base, "noisy"), seed, [])
-        times.append(seconds)
-        teacher_dir = next(s["model_dir"] for s in noisy["stages"] if s["iteration"] == 0)
-        plain, _ = _run(os.path.join(base, "no_noise"), seed, [
-            "PipelineConfig.student_noise = False", "PipelineConfig.num_iterations = 1",
-            f"PipelineConfig.teacher_path = '{teacher_dir}'"])
-        named = [(s["name"], s) for s in noisy["stages"]]
-        named += [("student-1 without noise", s) for s in plain["stages"] if s["iteration"] == 1]
-        for name, stage in named:
-            for split in ("test", "dev"):
-                rows.setdefault(name, {}).setdefault(split, []).append(_top1(stage, split))
-    return rows, times
+def _data_params(seed: int) -> List[str]:
+    params = [f"PipelineConfig.data_seed = {seed}"]
+    if FLAGS.labels_per_class is not None:
+        params.append(f"PipelineConfig.labels_per_class = {FLAGS.labels_per_class}")
+    if FLAGS.source_dir:
+        params.append(f"PipelineConfig.source_dir = '{FLAGS.source_dir}'")
+    return params
+
+
+def ablation_params(name: str, data_dir: str, teacher_dir: str,
+                    teacher_width: float) -> List[str]:
+    """Gin bindings of one ablation run: one student from the main run's teacher, on the
+    main run's data, with the ablation's one change."""
+    return ["PipelineConfig.num_iterations = 1",
+            f"PipelineConfig.teacher_path = '{teacher_dir}'",
+            "PipelineConfig.dataset = 'records'",
+            f"PipelineConfig.label_data_dir = '{data_dir}'",
+            f"PipelineConfig.unlabel_data_dir = '{os.path.join(data_dir, 'unlabeled')}'",
+            ] + [b.format(teacher_width=teacher_width) for b in ABLATIONS[name][1]]
+
+
+def run_seconds(run_dir: str) -> float:
+    """Sum of the stages' own times (stage_done.json 'seconds'), resumes included."""
+    total = 0.0
+    for root, _, names in os.walk(run_dir):
+        if "stage_done.json" in names:
+            with open(os.path.join(root, "stage_done.json")) as f:
+                total += float(json.load(f).get("seconds", 0.0))
+    return total
+
+
+def _top1(stage: Dict, split: str) -> Optional[float]:
+    return ((stage.get("metrics") or {}).get(split) or {}).get("top_1_accuracy")
+
+
+def _stage(results: Dict, iteration: int) -> Dict:
+    return next(s for s in results["stages"] if s["iteration"] == iteration)
+
+
+def _pseudo_accuracy(stage: Dict) -> Dict[str, Optional[float]]:
+    accuracy = ((stage.get("pseudo_labels") or {}).get("accuracy") or {})
+    return {when: (accuracy.get(when) or {}).get("accuracy") for when in ("before", "after")}
+
+
+class Benchmark:
+    """Collects rows {name: {"test": [per seed], "dev": [per seed]}} as runs finish."""
+
+    def __init__(self, seeds: List[str]):
+        self.seeds = seeds
+        self.rows: Dict[str, Dict[str, List[Optional[float]]]] = {}
+        self.pseudo: Dict[str, Dict[str, List[Optional[float]]]] = {}
+        self.seconds: Dict[str, List[Optional[float]]] = {}
+        self.peer_params: Dict[str, List] = {}
+
+    def put(self, row: str, seed: str, test, dev):
+        entry = self.rows.setdefault(row, {"test": [None] * len(self.seeds),
+                                           "dev": [None] * len(self.seeds)})
+        i = self.seeds.index(seed)
+        entry["test"][i], entry["dev"][i] = test, dev
+
+    def put_run(self, results: Dict, seed: str, only_iteration: Optional[int] = None,
+                label: Optional[str] = None):
+        for stage in results["stages"]:
+            if only_iteration is not None and stage["iteration"] != only_iteration:
+                continue
+            row = label or stage["name"]
+            self.put(row, seed, _top1(stage, "test"), _top1(stage, "dev"))
+            if stage["iteration"] >= 1:
+                pseudo = self.pseudo.setdefault(
+                    row, {w: [None] * len(self.seeds) for w in ("before", "after")})
+                for when, value in _pseudo_accuracy(stage).items():
+                    pseudo[when][self.seeds.index(seed)] = value
+
+    def put_seconds(self, name: str, seed: str, seconds: float):
+        self.seconds.setdefault(name, [None] * len(self.seeds))[
+            self.seeds.index(seed)] = seconds
+
+    def tables(self) -> str:
+        return "\n\n".join([table(self.rows, self.seeds),
+                            pseudo_table(self.pseudo, self.seeds),
+                            seconds_table(self.seconds, self.seeds)])
+
+    def save(self):
+        if FLAGS.output:
+            _atomic_write(FLAGS.output, json.dumps(
+                {"dataset": FLAGS.dataset, "seeds": self.seeds, "rows": self.rows,
+                 "pseudo_label_accuracy": self.pseudo, "seconds": self.seconds,
+                 "peer_params": self.peer_params, "tables": self.tables()}, indent=2))
+        if FLAGS.markdown:
+            _atomic_write(FLAGS.markdown, self.tables() + "\n")
+
+
+def _atomic_write(path: str, text: str):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _mean_std(values) -> str:
+    values = np.array([v for v in values if v is not None], np.float64) * 100
+    if not len(values):
+        return "—"
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}"
+
+
+def _per_seed(values, scale=100.0, digits=2) -> str:
+    return ", ".join("—" if v is None else f"{scale * v:.{digits}f}" for v in values)
 
 
 def table(rows, seeds) -> str:
-    def cell(values):
-        values = np.array([v for v in values if v is not None]) * 100
-        if not len(values):
-            return "—"
-        return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}"
-
     lines = [f"| model | test top-1 (%) | dev top-1 (%) | test top-1 per seed ({', '.join(seeds)}) |",
              "|---|---|---|---|"]
     for name, splits in rows.items():
-        per_seed = ", ".join("—" if v is None else f"{100 * v:.2f}" for v in splits["test"])
-        lines.append(f"| {name} | {cell(splits['test'])} | {cell(splits['dev'])} | "
-                     f"{per_seed} |")
+        lines.append(f"| {name} | {_mean_std(splits['test'])} | {_mean_std(splits['dev'])} | "
+                     f"{_per_seed(splits['test'])} |")
+    return "\n".join(lines)
+
+
+def pseudo_table(pseudo, seeds) -> str:
+    lines = [f"| pseudo labels of | accuracy before filtering (%) | after filtering (%) "
+             f"| after, per seed ({', '.join(seeds)}) |", "|---|---|---|---|"]
+    for name, values in pseudo.items():
+        lines.append(f"| {name} | {_mean_std(values['before'])} | "
+                     f"{_mean_std(values['after'])} | {_per_seed(values['after'])} |")
+    return "\n".join(lines)
+
+
+def seconds_table(seconds, seeds) -> str:
+    lines = [f"| run | wall time (min), mean | per seed ({', '.join(seeds)}) |",
+             "|---|---|---|"]
+    for name, values in seconds.items():
+        known = [v for v in values if v is not None]
+        mean = f"{np.mean(known) / 60:.1f}" if known else "—"
+        lines.append(f"| {name} | {mean} | {_per_seed(values, 1 / 60, 1)} |")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
+    dataset = DATASETS[FLAGS.dataset]
     seeds = [s.strip() for s in FLAGS.seeds.split(",") if s.strip()]
-    rows, times = collect(seeds)
-    text = table(rows, seeds)
-    print(f"Digits demo over seeds {', '.join(seeds)} (mean ± sample std); one demo run "
-          f"took {np.mean(times) / 60:.1f} min on average")
-    print(text)
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump({"seeds": seeds, "rows": rows, "table": text,
-                       "demo_seconds": times}, f, indent=2)
+    ablation_seeds = seeds if FLAGS.ablation_seeds is None else [
+        s.strip() for s in FLAGS.ablation_seeds.split(",") if s.strip()]
+    if set(ablation_seeds) - set(seeds):
+        raise app.UsageError("--ablation_seeds must be a subset of --seeds")
+    if FLAGS.ablations is None:
+        ablations = list(dataset.ablations)
+    elif FLAGS.ablations.strip() in ("", "none"):
+        ablations = []
+    else:
+        ablations = _check_ablations([a.strip() for a in FLAGS.ablations.split(",")
+                                      if a.strip()])
+    peers = dataset.peers if FLAGS.peers is None else FLAGS.peers
+    bench = Benchmark(seeds)
+    main_results = {}
+    start = time.time()
+
+    for seed in seeds:  # 1. the main recipe on every seed
+        run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
+        results = _pipeline(run_dir, int(seed), _data_params(int(seed)) + FLAGS.gin_param,
+                            os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_main.log"))
+        main_results[seed] = results
+        bench.put_run(results, seed)
+        bench.put_seconds("main recipe", seed, run_seconds(run_dir))
+        bench.save()
+        print(f"[{time.time() - start:.0f} s] seed {seed}: main recipe done", flush=True)
+
+    if peers:  # 2. classical peers on each seed's split
+        from nst import peers as peers_lib
+        for seed in seeds:
+            path = os.path.join(FLAGS.work_dir, f"seed_{seed}", "peers.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    fitted = json.load(f)
+            else:
+                data = peers_lib.load_run_data(
+                    os.path.join(FLAGS.work_dir, f"seed_{seed}", "main", "data"),
+                    num_classes=10, crop=dataset.crop)
+                fitted = peers_lib.fit_peers(data, seed=int(seed))
+                _atomic_write(path, json.dumps(fitted, indent=2))
+            for name, result in fitted.items():
+                bench.put(peers_lib.NAMES[name], seed, result["test"], result["dev"])
+                bench.peer_params.setdefault(name, []).append(result["param"])
+            bench.save()
+            print(f"[{time.time() - start:.0f} s] seed {seed}: peers done", flush=True)
+
+    for seed in ablation_seeds:  # 3. ablations of student 1
+        main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
+        teacher = _stage(main_results[seed], 0)
+        with open(os.path.join(main_dir, "pipeline.json")) as f:
+            teacher_width = json.load(f)["stages"]["teacher"]["width_coefficient"]
+        for name in ablations:
+            label = ABLATIONS[name][0]
+            run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", name)
+            params = _data_params(int(seed)) + ablation_params(
+                name, os.path.join(main_dir, "data"), teacher["model_dir"], teacher_width)
+            results = _pipeline(run_dir, int(seed), params + FLAGS.gin_param,
+                                os.path.join(FLAGS.work_dir, "logs",
+                                             f"seed_{seed}_{name}.log"))
+            bench.put_run(results, seed, only_iteration=1, label=label)
+            bench.put_seconds(label, seed, run_seconds(run_dir))
+            bench.save()
+            print(f"[{time.time() - start:.0f} s] seed {seed}: {name} done", flush=True)
+
+    print(f"{FLAGS.dataset} over seeds {', '.join(seeds)} (mean ± sample std); ablations "
+          f"on seeds {', '.join(ablation_seeds) if ablations else 'none'}")
+    print(bench.tables())
 
 
 if __name__ == "__main__":

@@ -113,6 +113,14 @@ class FilterConfig:
     def data_path(self, shard: int, task: int) -> str:
         return writers.filtered_path(self.output_dir, task, shard, self.num_shards)
 
+    def input_pattern(self) -> str:
+        """Every pseudo-labelled (or image) input file of every shard and worker."""
+        return _join(self.input_dir, f"{self.file_prefix}-*-of-*")
+
+    def data_pattern(self) -> str:
+        """Every filtered data file of every shard and task."""
+        return _join(self.output_dir, "data", "train-*-of-*")
+
     def path(self, name: str) -> str:
         """total_counts*.json live in prelim_stats_dir, the rest in output_dir (§3.7)."""
         if name.startswith("total_counts"):

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from nst import fileio
+from nst.data import schema
 from nst.data import writers
 
 JPEG_QUALITY = 100
@@ -204,6 +205,49 @@ class OutputDir:
         info = _normalise(dict(info, complete=True))
         fileio.atomic_write_json(self.info_path, info)
         return info
+
+
+def write_splits(output_dir: str, indices: Mapping[str, np.ndarray],
+                 num_shards: Mapping[str, int], images: np.ndarray, labels: np.ndarray,
+                 num_classes: int, id_prefix: str,
+                 encode_image: Callable[[np.ndarray], bytes] = encode_jpeg,
+                 unlabeled: Sequence[str] = ("extra",)) -> Tuple[List[Dict], Dict]:
+    """Writes each split of an in-memory dataset as `<split>-%05d-of-%05d` shards.
+
+    indices: {split: int indices into images/labels}, in writing order. Labeled splits go
+    to `output_dir`; the `unlabeled` ones to `output_dir/unlabeled` as unlabeled records
+    with the original's dummy pseudo-label fields and the true label (diagnostics only).
+    Every record's `image/id` is `<id_prefix><index>`. Returns (the manifest's "files"
+    list, its "splits" dict).
+    """
+    files, splits = [], {}
+    for split, chosen in indices.items():
+        is_unlabeled = split in unlabeled
+        subdir = UNLABELED_DIR if is_unlabeled else ""
+
+        def records(start, stop, chosen=chosen, is_unlabeled=is_unlabeled):
+            for i in chosen[start:stop]:
+                image, label = encode_image(images[i]), int(labels[i])
+                image_id = f"{id_prefix}{i}"
+                if is_unlabeled:
+                    yield schema.encode_unlabeled(image, true_label=label, image_id=image_id,
+                                                  dummy_num_classes=num_classes)
+                else:
+                    yield schema.encode_labeled(image, label, image_id=image_id,
+                                                num_classes=num_classes)
+
+        directory = join(output_dir, subdir) if subdir else output_dir
+        written = write_split(directory, split, len(chosen), num_shards[split], records)
+        files += [dict(entry, file=join(subdir, entry["file"]) if subdir else entry["file"])
+                  for entry in written]
+        splits[split] = {
+            "num_records": len(chosen),
+            "num_shards": num_shards[split],
+            "pattern": f"{subdir + '/' if subdir else ''}{split}-*",
+            "record_format": "unlabeled" if is_unlabeled else "labeled",
+            "per_class": class_counts(labels[chosen], num_classes),
+        }
+    return files, splits
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> List[int]:

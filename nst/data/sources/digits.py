@@ -41,7 +41,6 @@ from typing import Dict, Mapping, Union
 import numpy as np
 import tensorflow as tf
 
-from nst.data import schema
 from nst.data import sources
 
 NUM_CLASSES = 10
@@ -117,22 +116,6 @@ def split_indices(labels: np.ndarray, labels_per_class: int, test_fraction: floa
             for split, chunks in parts.items()}
 
 
-def _records(split: str, indices: np.ndarray, images: np.ndarray, labels: np.ndarray):
-    """records(start, stop) for `sources.write_split`."""
-
-    def records(start, stop):
-        for i in indices[start:stop]:
-            image, label, image_id = sources.encode_jpeg(images[i]), int(labels[i]), \
-                f"{ID_PREFIX}{i}"
-            if split == "extra":
-                yield schema.encode_unlabeled(image, true_label=label, image_id=image_id,
-                                              dummy_num_classes=NUM_CLASSES)
-            else:
-                yield schema.encode_labeled(image, label, image_id=image_id,
-                                            num_classes=NUM_CLASSES)
-    return records
-
-
 def make_digits_dataset(output_dir: str, labels_per_class: int = 10,
                         test_fraction: float = 0.3, dev_fraction: float = 0.1, seed: int = 0,
                         num_shards: Union[None, int, Mapping[str, int]] = None,
@@ -164,22 +147,9 @@ def make_digits_dataset(output_dir: str, labels_per_class: int = 10,
         return existing
     out.start(args)
 
-    files, splits = [], {}
-    for split in SPLITS:
-        unlabeled = split == "extra"
-        subdir = sources.UNLABELED_DIR if unlabeled else ""
-        directory = sources.join(output_dir, subdir) if subdir else output_dir
-        written = sources.write_split(directory, split, len(indices[split]), shards[split],
-                                      _records(split, indices[split], images, labels))
-        files += [dict(entry, file=sources.join(subdir, entry["file"]) if subdir
-                       else entry["file"]) for entry in written]
-        splits[split] = {
-            "num_records": len(indices[split]),
-            "num_shards": shards[split],
-            "pattern": f"{subdir + '/' if subdir else ''}{split}-*",
-            "record_format": "unlabeled" if unlabeled else "labeled",
-            "per_class": sources.class_counts(labels[indices[split]], NUM_CLASSES),
-        }
+    files, splits = sources.write_splits(
+        output_dir, {split: indices[split] for split in SPLITS}, shards, images, labels,
+        NUM_CLASSES, ID_PREFIX)
     pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
     return out.finish({
         "args": args,
