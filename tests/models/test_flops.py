@@ -61,13 +61,38 @@ def test_counts_equal_built_model(name, kwargs, size):
     assert cost.flops == 2 * cost.macs == 2 * sum(cost.macs_by_kind.values())
 
 
-def test_b0_hand_count_of_stem_and_classifier():
-    config = config_lib.get_config("efficientnet-b0")
-    cost = flops.model_cost(config)
-    # Stem: 112x112 outputs, 3x3x3 kernel, 32 filters; classifier 1280x1000.
-    stem = 112 * 112 * 27 * 32
-    assert cost.macs_by_kind["dense"] == 1280 * 1000
-    assert cost.macs_by_kind["conv"] > stem
+def _mbconv(side_in, side_out, c_in, c_out, expand, kernel):
+    """Hand count of one MBConv block: (conv, depthwise) multiply-adds."""
+    mid = c_in * expand
+    se = max(1, int(c_in * 0.25))  # SE width from the block input
+    conv = (side_in * side_in * c_in * mid if expand != 1 else 0)  # 1x1 expansion
+    conv += mid * se + se * mid                                     # SE reduce, expand
+    conv += side_out * side_out * mid * c_out                       # 1x1 projection
+    depthwise = side_out * side_out * kernel * kernel * mid
+    return conv, depthwise
+
+
+def test_b0_hand_count():
+    """EfficientNet-B0 at 224 counted by hand from its block table (§6.2): every
+    convolution, depthwise convolution and the classifier, block by block."""
+    blocks = [  # (side in, side out, c_in, c_out, expand, kernel), one line per block
+        (112, 112, 32, 16, 1, 3),
+        (112, 56, 16, 24, 6, 3), (56, 56, 24, 24, 6, 3),
+        (56, 28, 24, 40, 6, 5), (28, 28, 40, 40, 6, 5),
+        (28, 14, 40, 80, 6, 3), (14, 14, 80, 80, 6, 3), (14, 14, 80, 80, 6, 3),
+        (14, 14, 80, 112, 6, 5), (14, 14, 112, 112, 6, 5), (14, 14, 112, 112, 6, 5),
+        (14, 7, 112, 192, 6, 5)] + [(7, 7, 192, 192, 6, 5)] * 3 + [
+        (7, 7, 192, 320, 6, 3)]
+    conv = 112 * 112 * (3 * 3 * 3) * 32   # stem: 3x3 stride 2, 3 -> 32 channels
+    conv += 7 * 7 * 320 * 1280            # head: 1x1, 320 -> 1280
+    depthwise = 0
+    for block in blocks:
+        c, d = _mbconv(*block)
+        conv, depthwise = conv + c, depthwise + d
+    cost = flops.model_cost(config_lib.get_config("efficientnet-b0"))
+    assert cost.macs_by_kind == {"conv": conv, "depthwise": depthwise,
+                                 "dense": 1280 * 1000}
+    assert cost.macs == conv + depthwise + 1280 * 1000 == 385_814_752  # 0.39 G (paper)
 
 
 # Multiply-adds printed (rounded) in the EfficientNet paper's Table 2.
