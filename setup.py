@@ -21,6 +21,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nst", "nst.*"]),
+    # The gin recipes (nst/recipes/<dataset>/*.gin) are package data: a wheel or a plain
+    # `pip install .` finds them without the checkout. MANIFEST.in puts them in the sdist.
+    package_data={"nst.recipes": ["*/*.gin"]},
     include_package_data=True,
     install_requires=[
         "keras>=3.15,<3.16",
@@ -56,6 +59,8 @@ setup(
             "nst-filter-unlabel-beam=nst.pseudo.beam:cli",
             "nst-model-table=nst.models.table_cli:run",
             "nst-convert-checkpoint=nst.models.convert_cli:run",
+            "nst-make-digits=nst.data.make_dataset:digits_cli",
+            "nst-make-fashion-mnist=nst.data.make_dataset:fashion_mnist_cli",
         ],
     },
 )

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import flags
 
 from nst import fileio
+from nst import recipes
 
 # Where our defaults deliberately differ from the original's, and why.
 DEFAULT_CHANGES = {
@@ -260,7 +261,9 @@ def define_flags(flag_values=None):
         definers[_kind(field)](field.name, field.default, HELP.get(field.name, ""),
                                flag_values=defined)
     if "gin_file" not in defined:
-        flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order",
+        flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order: "
+                                  "paths, or names of shipped recipes such as "
+                                  "svhn/student_online.gin (nst/recipes/)",
                                   flag_values=defined)
     if "gin_param" not in defined:
         flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. "
@@ -279,13 +282,19 @@ def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
                  overrides: Optional[Dict[str, object]] = None) -> ExperimentConfig:
     """Defaults < gin files < gin params < `overrides` (explicit flags).
 
+    `gin_files` are paths or names of shipped recipes (`svhn/student_online.gin`,
+    `nst.recipes.resolve_gin_file`).
+
     Raises:
       ValueError: an unknown gin binding or override name, or invalid values.
+      FileNotFoundError: a gin file that is neither a file nor a recipe.
     """
+    gin_files = [recipes.resolve_gin_file(f) for f in gin_files]
+    recipes.add_search_path()
     gin.clear_config()
     try:
         try:
-            gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+            gin.parse_config_files_and_bindings(gin_files, list(gin_params))
         except (ValueError, KeyError, SyntaxError) as e:
             raise ValueError(f"Bad gin configuration: {e}") from e
         config = ExperimentConfig()

@@ -2,7 +2,8 @@
 
 Flags carry the original's names and defaults (spec §2.2); `--gin_file` and
 `--gin_param` bind `ExperimentConfig` fields; explicit flags override gin
-(`nst/config.py` documents the precedence).
+(`nst/config.py` documents the precedence). `--gin_file` takes a path or the name of a
+shipped recipe, e.g. `--gin_file=svhn/student_online.gin` (`nst/recipes/`).
 
   --mode=train            train to the end of the schedule, resuming from model_dir
   --mode=eval             evaluate the latest checkpoint (EMA weights) on

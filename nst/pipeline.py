@@ -5,7 +5,8 @@
 Iteration i's student learns from the model of iteration i-1 (the teacher for i = 1) and
 becomes the next teacher. With `online_teacher` the predict and filter stages are skipped:
 the student runs its teacher on the raw unlabeled images itself (the original SVHN
-`run.sh`). With no arguments the run is the offline digits demo of `gin/digits/`.
+`run.sh`). With no arguments the run is the offline digits demo of
+`nst/recipes/digits/`.
 
 A run directory holds everything, under names that say what they are:
 
@@ -60,9 +61,8 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
     gin_file = os.path.join(run_dir, "configs", f"{stage.name}.gin")
     if stage.kind == "data":
         d = dict(stage.data_args)
-        tool = pc.GENERATED_DATASETS[d.pop("dataset", "digits")][1]
-        return [shlex.join(["python", os.path.join(pc.REPO_DIR, "tools", tool),
-                            f"--output_dir={stage.directory}"]
+        script = pc.GENERATED_DATASETS[d.pop("dataset", "digits")][1]
+        return [shlex.join([script, f"--output_dir={stage.directory}"]
                            + [f"--{key}={value}" for key, value in sorted(d.items())])]
     if stage.kind == "train":
         return [shlex.join(["nst-main", f"--gin_file={gin_file}"])]
@@ -236,8 +236,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_multi_string("gin_file", [], "Pipeline gin files (default: the digits "
-                              "demo, digits/noisy_student.gin); names are looked up in the "
-                              "working directory, then in the project's gin/ folder.")
+                              "demo, digits/noisy_student.gin); paths, or names of the "
+                              "recipes shipped in nst/recipes/ (svhn/pipeline_online.gin).")
     flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings, e.g. "
                               "'PipelineConfig.num_iterations = 3'.")
     flags.DEFINE_string("run_dir", None, "Run directory (default: PipelineConfig.run_dir).")

@@ -25,21 +25,22 @@ from absl import logging
 
 from nst import config as config_lib
 from nst import fileio
+from nst import recipes
 from nst.data import readers
 from nst.data.sources import digits
 from nst.data.sources import fashion_mnist
 from nst.models import config as model_config
 from nst.models import flops
 from nst.pseudo import filter as filter_lib
+from nst.recipes import resolve_gin_file  # noqa: F401  (re-exported: the one resolver)
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_GIN_DIR = os.path.join(REPO_DIR, "gin")
 DEFAULT_GIN_FILE = "digits/noisy_student.gin"
 QUICK_GIN_FILE = "digits/quick.gin"
 PIPELINE_FILE = "pipeline.json"
-# Data sets the pipeline writes itself into <run_dir>/data: their module and maker tool.
-GENERATED_DATASETS = {"digits": (digits, "make_digits.py"),
-                      "fashion_mnist": (fashion_mnist, "make_fashion_mnist.py")}
+# Data sets the pipeline writes itself into <run_dir>/data: their module and the console
+# script that makes them (nst.data.make_dataset).
+GENERATED_DATASETS = {"digits": (digits, "nst-make-digits"),
+                      "fashion_mnist": (fashion_mnist, "nst-make-fashion-mnist")}
 DONE_FILE = "stage_done.json"
 
 
@@ -138,17 +139,6 @@ class PipelineConfig:
         return self.label_data_dir, self.unlabel_data_dir
 
 
-def resolve_gin_file(name: str) -> str:
-    """A gin file by path, else relative to the project's gin/ folder."""
-    if tf.io.gfile.exists(name):
-        return name
-    candidate = os.path.join(REPO_GIN_DIR, name)
-    if os.path.exists(candidate):
-        return candidate
-    raise FileNotFoundError(f"No gin file {name!r} (looked in the working directory and "
-                            f"in {REPO_GIN_DIR})")
-
-
 def _stage_settings(scopes: List[str]) -> config_lib.ExperimentConfig:
     """An ExperimentConfig under the active gin bindings and the nested `scopes`."""
     if not scopes:
@@ -186,9 +176,8 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
     shards and images): for parsing recipes whose data lives elsewhere, e.g. on GCS.
     """
     gin.clear_config()
-    # `include 'svhn/teacher.gin'` inside a recipe finds the project's files too.
-    if REPO_GIN_DIR not in gin.config._LOCATION_PREFIXES:
-        gin.add_config_file_search_path(REPO_GIN_DIR)
+    # `include 'svhn/teacher.gin'` inside a recipe finds the shipped recipes too.
+    recipes.add_search_path()
     try:
         try:
             gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files],

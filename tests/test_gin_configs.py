@@ -1,4 +1,5 @@
-"""Every shipped gin file parses, binds only known settings and finalises."""
+"""Every shipped gin file parses, binds only known settings and finalises; recipe names
+resolve from any working directory."""
 
 import glob
 import os
@@ -7,8 +8,9 @@ import pytest
 
 from nst import config as config_lib
 from nst import pipeline_config
+from nst import recipes
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
+GIN_DIR = recipes.RECIPES_DIR
 GIN_FILES = sorted(glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True))
 
 
@@ -54,3 +56,46 @@ def test_imagenet_b7_recipe_values():
                                      [], {"teacher_model_path": "t"})
     assert (config.unlabel_ratio, config.augment_name, config.randaug_mag) == (3.0, "v1", 27)
     assert config.train_steps == 109474
+
+
+def test_recipes_are_package_data():
+    assert GIN_DIR == os.path.join(os.path.dirname(os.path.abspath(config_lib.__file__)),
+                                   "recipes")
+    assert recipes.names() == sorted(os.path.relpath(p, GIN_DIR).replace(os.sep, "/")
+                                     for p in GIN_FILES)
+    assert "svhn/student_online.gin" in recipes.names()
+
+
+def test_recipe_names_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = os.path.join(GIN_DIR, "svhn", "student_online.gin")
+    assert recipes.resolve_gin_file("svhn/student_online.gin") == expected
+    # The pipeline and nst-main share the resolver.
+    assert pipeline_config.resolve_gin_file is recipes.resolve_gin_file
+    # The recipes' old place in the source checkout, as in old command lines.
+    assert recipes.resolve_gin_file("gin/svhn/student_online.gin") == expected
+    by_name = config_lib.build_config(["svhn/student_online.gin"], [],
+                                      {"teacher_model_path": "t"})
+    assert by_name == config_lib.build_config([expected], [], {"teacher_model_path": "t"})
+    # A file in the working directory comes first, even under a recipe's name.
+    (tmp_path / "svhn").mkdir()
+    (tmp_path / "svhn" / "student_online.gin").write_text(
+        "ExperimentConfig.train_steps = 3\n")
+    assert recipes.resolve_gin_file("svhn/student_online.gin") == "svhn/student_online.gin"
+    assert config_lib.build_config(["svhn/student_online.gin"]).train_steps == 3
+    with pytest.raises(FileNotFoundError, match="no_such_recipe.gin.*shipped recipe"):
+        config_lib.build_config(["svhn/no_such_recipe.gin"])
+
+
+def test_nst_main_takes_a_recipe_name(tmp_path):
+    """`nst-main --gin_file=<recipe name>` from outside the checkout (flags parsed as
+    nst-main parses them)."""
+    from absl import flags
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["nst-main", "--gin_file=svhn/student_online.gin",
+                 "--teacher_model_path=t", "--train_steps=5"])
+    config = config_lib.build_config(flag_values.gin_file, flag_values.gin_param,
+                                     config_lib.explicit_flags(flag_values))
+    assert (config.train_batch_size, config.unlabel_ratio, config.train_steps) == \
+        (128, 5.0, 5)

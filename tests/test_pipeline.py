@@ -114,6 +114,9 @@ def test_emitted_commands_replay_the_stage_configs(tmp_path):
     result = pipeline.run(config, stages, emit_only=True)
     lines = open(result["commands"]).read().splitlines()
     commands = [shlex.split(l) for l in lines if l and not l.startswith(("#", "set "))]
+    # The data stage is a console script of the package: no checkout (tools/) needed.
+    assert commands[0] == ["nst-make-digits", f"--output_dir={config.run_dir}/data",
+                           "--labels_per_class=10", "--seed=0"]
     predict = [c for c in commands if c[0] == "nst-main" and any("predict-1" in a for a in c)]
     assert len(predict) == 4 and predict[3][-1] == "--shard_id=3"
     steps = [next(a for a in c if a.startswith("--only_get_stats")) for c in commands
@@ -263,6 +266,9 @@ def test_fashion_recipe_plans_growing_students(tmp_path, fashion_idx):
     assert s["data"].data_args == {"dataset": "fashion_mnist", "labels_per_class": 40,
                                    "seed": 0, "source_dir": str(tmp_path / "src"),
                                    "dev_per_class": 5}
+    assert pipeline.stage_commands(s["data"], config.run_dir) == [shlex.join([
+        "nst-make-fashion-mnist", f"--output_dir={config.run_dir}/data", "--dev_per_class=5",
+        "--labels_per_class=40", "--seed=0", f"--source_dir={tmp_path / 'src'}"])]
     widths = [s[n].settings.width_coefficient for n in ("teacher", "student-1", "student-2")]
     assert widths == [0.25, 0.35, 0.5]
     for name in ("teacher", "student-1", "student-2"):
