@@ -62,7 +62,6 @@ import datetime
 import io
 import json
 import math
-import uuid
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
@@ -71,7 +70,6 @@ from absl import logging
 
 from nst import fileio
 from nst.pseudo import histogram as hist_lib
-from nst.pseudo.sources import join_path as _join
 
 # Splits with their own columns in the table and lines in the accuracy plot.
 TEST_SPLIT = "test"
@@ -111,10 +109,10 @@ def pseudo_label_summary(filter_output_dir: str,
     Raises FileNotFoundError naming a missing threshold.json, total_counts.json or
     stats/final_stats.json, and ValueError for contents that do not fit together.
     """
-    prelim_stats_dir = prelim_stats_dir or _join(filter_output_dir, "prelim_stats")
-    threshold_path = _join(filter_output_dir, "threshold.json")
-    counts_path = _join(prelim_stats_dir, "total_counts.json")
-    final_path = _join(filter_output_dir, "stats", "final_stats.json")
+    prelim_stats_dir = prelim_stats_dir or fileio.join(filter_output_dir, "prelim_stats")
+    threshold_path = fileio.join(filter_output_dir, "threshold.json")
+    counts_path = fileio.join(prelim_stats_dir, "total_counts.json")
+    final_path = fileio.join(filter_output_dir, "stats", "final_stats.json")
 
     threshold_json = _read_required(threshold_path, "per-class thresholds of the reduce step")
     if not isinstance(threshold_json, Mapping) or not threshold_json:
@@ -136,8 +134,8 @@ def pseudo_label_summary(filter_output_dir: str,
                              f"{threshold_path}")
         counts_after[c] = int(n)
 
-    settings = _read_optional(_join(filter_output_dir, "filter_config.json")) or {}
-    across = _read_optional(_join(filter_output_dir, "num_image_across_cat.json")) or {}
+    settings = _read_optional(fileio.join(filter_output_dir, "filter_config.json")) or {}
+    across = _read_optional(fileio.join(filter_output_dir, "num_image_across_cat.json")) or {}
     num_image = settings.get("num_image")
     # The original tool's key is misspelt; accept the correct spelling as well.
     num_image_across_cat = across.get("num_image_acorss_cat",
@@ -168,7 +166,7 @@ def metrics_from_eval_results(model_dir: str, split_names: Optional[Mapping[str,
     `split_names` renames splits, e.g. {"validation": "dev"}; other splits keep their
     name. Returns {} when the file does not exist yet.
     """
-    path = _join(model_dir, filename)
+    path = fileio.join(model_dir, filename)
     if not tf.io.gfile.exists(path):
         return {}
     best = {}
@@ -248,20 +246,12 @@ def _teacher(stages: List[Mapping]) -> Optional[Mapping]:
     return None
 
 
-def _atomic_write_bytes(path: str, data: bytes):
-    """Like fileio.atomic_write_text, for binary content (local paths and gs://)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def _save_figure(fig, path: str):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)  # the non-interactive Agg canvas; no pyplot global state
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _atomic_write_bytes(path, buffer.getvalue())
+    fileio.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _new_figure(width: float, height: float):
@@ -581,14 +571,14 @@ def write_report(run_dir: str, results: dict) -> dict:
     baselines = results.get("baselines") or []
     if not isinstance(stages, list) or not isinstance(baselines, list):
         raise ValueError("results['stages'] and results['baselines'] must be lists")
-    plots_dir = _join(run_dir, "plots")
+    plots_dir = fileio.join(run_dir, "plots")
     tf.io.gfile.makedirs(plots_dir)
 
     plots, errors, pseudo_plots, used = {}, {}, {}, set()
 
     def draw(name, fn):
         """fn(path) draws one plot; returning False means nothing to draw."""
-        path = _join(plots_dir, f"{name}.png")
+        path = fileio.join(plots_dir, f"{name}.png")
         try:
             if fn(path) is not False:
                 plots[name] = f"plots/{name}.png"
@@ -617,10 +607,10 @@ def write_report(run_dir: str, results: dict) -> dict:
             summary, p, f"Images per class before/after balancing, {label}"))
         pseudo_plots[i] = names
 
-    results_path = _join(run_dir, "results.json")
+    results_path = fileio.join(run_dir, "results.json")
     fileio.atomic_write_json(results_path, dict(results, plots=plots))
-    report_path = _join(run_dir, "report.md")
+    report_path = fileio.join(run_dir, "report.md")
     fileio.atomic_write_text(report_path, render_markdown(results, plots, errors, pseudo_plots))
     return {"report": report_path, "results": results_path,
-            "plots": {name: _join(run_dir, rel) for name, rel in plots.items()},
+            "plots": {name: fileio.join(run_dir, rel) for name, rel in plots.items()},
             "plot_errors": errors}

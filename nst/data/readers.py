@@ -35,8 +35,6 @@ warning and counted in a `SkippedRecords` the caller passes in and reads after i
 """
 
 import concurrent.futures
-import os
-import posixpath
 import threading
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -44,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nst import fileio
 from nst.data import schema
 
 Patterns = Union[str, Sequence[str]]
@@ -60,10 +59,6 @@ _GLOB_CHARS = frozenset("*?[")
 # --------------------------------------------------------------------------- files
 
 
-def _basename(path: str) -> str:
-    return posixpath.basename(path) if "://" in path else os.path.basename(path)
-
-
 def _split_patterns(patterns: Patterns) -> List[str]:
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -74,7 +69,7 @@ def _glob(pattern: str) -> List[str]:
     """Matches of one pattern; a literal directory stands for the files inside it."""
     if not _GLOB_CHARS & set(pattern) and tf.io.gfile.isdir(pattern):
         pattern = pattern.rstrip("/") + "/*"
-    return [f for f in tf.io.gfile.glob(pattern) if not _basename(f).startswith(".")]
+    return [f for f in tf.io.gfile.glob(pattern) if not fileio.basename(f).startswith(".")]
 
 
 def list_files(patterns: Patterns) -> List[str]:

@@ -8,8 +8,6 @@ failed write never clobbers an existing final file. The hidden temporaries are i
 copy + delete, and the final object appears only once complete).
 """
 
-import os
-import posixpath
 import uuid
 from typing import Iterable, List, Sequence, Union
 
@@ -17,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nst import fileio
 from nst.data import record_file
 
 Record = Union[bytes, tf.train.Example]
@@ -47,7 +46,7 @@ def task_shard_name(prefix: str, task: int, shard: int, num_shards: int) -> str:
 
 def filtered_path(output_dir: str, task: int, shard: int, num_shards: int) -> str:
     """Filter output file: `<output_dir>/data/train-%d-%05d-of-%05d` (§3.5)."""
-    return _join(output_dir, "data", task_shard_name("train", task, shard, num_shards))
+    return fileio.join(output_dir, "data", task_shard_name("train", task, shard, num_shards))
 
 
 def parse_shard_ids(text: str, num_shards: int) -> List[int]:
@@ -87,19 +86,10 @@ def shard_boundaries(num_records: int, num_shards: int) -> List[int]:
     return np.linspace(0, num_records, num_shards + 1).astype(int).tolist()
 
 
-def _join(*parts: str) -> str:
-    # posixpath keeps '/' for gs:// paths on every OS.
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
-
-
-def _split(path: str):
-    return posixpath.split(path) if "://" in path else os.path.split(path)
-
-
 def temporary_path(path: str) -> str:
     """A fresh hidden temporary name next to `path`: `<dir>/.<name>.tmp-<uuid>`."""
-    directory, name = _split(path)
-    return _join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    directory, name = fileio.split(path)
+    return fileio.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
 
 
 # --------------------------------------------------------------------------- writing
@@ -129,7 +119,7 @@ class ShardWriter:
             raise RuntimeError(f"{self.path} is already open")
         if not self.overwrite and tf.io.gfile.exists(self.path):
             raise FileExistsError(f"{self.path} exists and overwrite=False")
-        directory = _split(self.path)[0]
+        directory = fileio.split(self.path)[0]
         if directory:
             tf.io.gfile.makedirs(directory)
         self._tmp = temporary_path(self.path)
@@ -202,7 +192,7 @@ def write_shards(records: Sequence[Record], output_dir: str, prefix: str,
     bounds = shard_boundaries(len(records), num_shards)
     paths = []
     for shard in range(num_shards):
-        path = _join(output_dir, shard_name(prefix, shard, num_shards))
+        path = fileio.join(output_dir, shard_name(prefix, shard, num_shards))
         write_records(path, records[bounds[shard]:bounds[shard + 1]], overwrite=overwrite)
         paths.append(path)
     return paths

@@ -46,7 +46,7 @@ from nst.data import input_pipeline as ip
 from nst.data import preprocess, readers, schema, wire, writers
 from nst.models import saving
 from nst.models.efficientnet import EfficientNet, build_model
-from nst.pseudo import select, sources
+from nst.pseudo import select
 
 LOG_EVERY_SECONDS = 15.0
 
@@ -83,7 +83,7 @@ def plan(config: config_lib.ExperimentConfig) -> List[Slice]:
     if replicas < 1 or not 0 <= config.worker_id < max(config.total_replicas, 1):
         raise ValueError(f"--worker_id={config.worker_id} must be in [0, --total_replicas="
                          f"{config.total_replicas})")
-    join = sources.join_path
+    join = fileio.join
     slices = []
     for shard in parse_shard_ids(config.shard_id, config.num_shards):
         if config.reassign_label:
@@ -247,16 +247,16 @@ class _Samples:
     (id, index) so that re-runs dump the same files (§3.6)."""
 
     def __init__(self, output_dir: str, shard: int, rate: float, seed: int):
-        self.directory = sources.join_path(output_dir, "samples")
+        self.directory = fileio.join(output_dir, "samples")
         self.shard, self.rate, self.seed = shard, rate, seed
         self.written = 0
 
     def maybe_write(self, image_id: str, index: int, label: int, prob: float, image: bytes):
         if self.rate <= 0 or select.uniform_from_id(self.seed, f"{image_id}#{index}") >= self.rate:
             return
-        directory = sources.join_path(self.directory, str(label))
+        directory = fileio.join(self.directory, str(label))
         tf.io.gfile.makedirs(directory)
-        path = sources.join_path(directory, f"image_{self.shard}_{index}_{prob:.2f}.jpeg")
+        path = fileio.join(directory, f"image_{self.shard}_{index}_{prob:.2f}.jpeg")
         tmp = writers.temporary_path(path)
         with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(_jpeg(image))

@@ -26,8 +26,6 @@ This module holds what they share:
 """
 
 import json
-import os
-import posixpath
 import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -41,11 +39,6 @@ from nst.data import writers
 JPEG_QUALITY = 100
 INFO_FILE = "dataset_info.json"
 UNLABELED_DIR = "unlabeled"
-
-
-def join(*parts: str) -> str:
-    """Path join that keeps '/' for URLs such as gs://."""
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
 
 
 # --------------------------------------------------------------------------- images
@@ -104,7 +97,7 @@ def write_split(output_dir: str, prefix: str, num_records: int, num_shards: int,
     for shard in range(num_shards):
         name = writers.shard_name(prefix, shard, num_shards)
         expected = bounds[shard + 1] - bounds[shard]
-        count = writers.write_records(join(output_dir, name),
+        count = writers.write_records(fileio.join(output_dir, name),
                                       records(bounds[shard], bounds[shard + 1]))
         if count != expected:  # a bug in `records`, never bad input
             raise RuntimeError(f"{name}: wrote {count} records, expected {expected}")
@@ -137,19 +130,19 @@ class OutputDir:
     def __init__(self, output_dir: str, owned: Sequence[Tuple[str, "re.Pattern"]]):
         self.output_dir = output_dir
         self.owned = list(owned)
-        self.info_path = join(output_dir, INFO_FILE)
+        self.info_path = fileio.join(output_dir, INFO_FILE)
 
     def owned_files(self) -> List[str]:
         """Existing files matching the owned patterns, as paths relative to output_dir."""
         found = []
         for subdir, regex in self.owned:
-            directory = join(self.output_dir, subdir) if subdir else self.output_dir
+            directory = fileio.join(self.output_dir, subdir) if subdir else self.output_dir
             if not tf.io.gfile.isdir(directory):
                 continue
             for name in tf.io.gfile.listdir(directory):
                 name = name.rstrip("/")
                 if regex.match(name):
-                    found.append(join(subdir, name) if subdir else name)
+                    found.append(fileio.join(subdir, name) if subdir else name)
         return sorted(found)
 
     def read_info(self) -> Optional[Dict]:
@@ -173,7 +166,7 @@ class OutputDir:
         if info is not None and info.get("args") == args:
             listed = [entry["file"] for entry in info.get("files", [])]
             if info.get("complete") and listed and all(
-                    tf.io.gfile.exists(join(self.output_dir, f)) for f in listed):
+                    tf.io.gfile.exists(fileio.join(self.output_dir, f)) for f in listed):
                 return info
             return None  # our own interrupted or damaged output: rewrite it
         if overwrite:
@@ -196,7 +189,7 @@ class OutputDir:
     def start(self, args: Dict):
         """Deletes every owned file and writes the manifest with `complete: false`."""
         for relative in self.owned_files():
-            tf.io.gfile.remove(join(self.output_dir, relative))
+            tf.io.gfile.remove(fileio.join(self.output_dir, relative))
         tf.io.gfile.makedirs(self.output_dir)
         fileio.atomic_write_json(self.info_path, {"args": _normalise(args), "complete": False})
 
@@ -236,9 +229,9 @@ def write_splits(output_dir: str, indices: Mapping[str, np.ndarray],
                     yield schema.encode_labeled(image, label, image_id=image_id,
                                                 num_classes=num_classes)
 
-        directory = join(output_dir, subdir) if subdir else output_dir
+        directory = fileio.join(output_dir, subdir) if subdir else output_dir
         written = write_split(directory, split, len(chosen), num_shards[split], records)
-        files += [dict(entry, file=join(subdir, entry["file"]) if subdir else entry["file"])
+        files += [dict(entry, file=fileio.join(subdir, entry["file"]) if subdir else entry["file"])
                   for entry in written]
         splits[split] = {
             "num_records": len(chosen),

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nst import fileio
 from nst.data import schema
 from nst.data import sources
 
@@ -86,8 +87,8 @@ def find_or_download(raw_data_dir: str, split: str, download_missing: bool = Tru
     """Path of `<split>_32x32.mat`: an existing file in `raw_data_dir` or its
     `downloaded_data/` is used as is; otherwise it is downloaded to `raw_data_dir`."""
     name = mat_name(split)
-    candidates = [sources.join(raw_data_dir, name),
-                  sources.join(raw_data_dir, DOWNLOAD_SUBDIR, name)]
+    candidates = [fileio.join(raw_data_dir, name),
+                  fileio.join(raw_data_dir, DOWNLOAD_SUBDIR, name)]
     for path in candidates:
         if tf.io.gfile.exists(path):
             return path
@@ -221,12 +222,12 @@ def proc_svhn(raw_data_dir: str, output_dir: str, *, full_train_data: bool = Fal
         images, labels = data[source]
         prefix = file_prefix(split, full_train_data)
         subdir = sources.UNLABELED_DIR if split == "extra" else ""
-        directory = sources.join(output_dir, subdir) if subdir else output_dir
+        directory = fileio.join(output_dir, subdir) if subdir else output_dir
         logging.info("Writing %d %s images to %s/%s-*", len(indices), split, directory,
                      prefix)
         written = sources.write_split(directory, prefix, len(indices), shards[split],
                                       _records(split, source, indices, images, labels))
-        files += [dict(entry, file=sources.join(subdir, entry["file"]) if subdir
+        files += [dict(entry, file=fileio.join(subdir, entry["file"]) if subdir
                        else entry["file"]) for entry in written]
         splits[split] = {
             "num_records": len(indices),

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nst import fileio
 from nst.data import schema
 from nst.data import sources
 
@@ -207,7 +208,7 @@ def tfds_to_records(name: str, split: str, output_dir: str, *,
         raise FileExistsError(f"{output_dir} already holds {prefix} shards ({existing[0]}, "
                               f"...); pass overwrite=True to replace them")
     for relative in existing:
-        tf.io.gfile.remove(sources.join(output_dir, relative))
+        tf.io.gfile.remove(fileio.join(output_dir, relative))
 
     dataset = tfds_source(name, split, data_dir=data_dir, image_key=image_key,
                           label_key=label_key, id_key=id_key, image_size=image_size)
@@ -243,7 +244,7 @@ def tfds_to_records(name: str, split: str, output_dir: str, *,
                          f"{num_records}; the files written are incomplete")
     per_class = (sources.class_counts([l for l in labels if l >= 0], num_classes)
                  if num_classes else None)
-    return {"files": [sources.join(output_dir, f["file"]) for f in files],
+    return {"files": [fileio.join(output_dir, f["file"]) for f in files],
             "num_records": num_records, "num_classes": num_classes,
             "class_names": info.class_names, "per_class": per_class,
             "record_format": kind, "pattern": f"{prefix}-*"}
