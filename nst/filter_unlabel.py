@@ -31,7 +31,7 @@ Inputs: with --prediction_dir, the original layout (raw shards <input_dir>/<file
 %05d-of-%05d, predictions <prediction_dir>/train-info-%05d-of-%05d-%05d, optional counts in
 <info_dir>); without it, <input_dir>/<file_prefix>-* hold pseudo-labelled records (image,
 image/id, probabilities). Images are joined with predictions by image id in both cases
-(`nst.pseudo.sources`). With --total_replicas=R there are R tasks per shard: task t handles
+(`nst.pseudo.join`). With --total_replicas=R there are R tasks per shard: task t handles
 worker slice t (records with index mod R == t).
 
 Changes from the original: --task defaults to 0 and must be in [0, total_replicas) (-1

@@ -55,7 +55,7 @@ from nst.data import input_pipeline, schema, wire, writers  # noqa: E402
 from nst.models import saving  # noqa: E402
 from nst.models.efficientnet import build_model  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
-from nst.pseudo import predict, sources  # noqa: E402
+from nst.pseudo import join, predict  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["predict", "filter", "memory"], "Parts to run.")
@@ -358,8 +358,7 @@ def filter_rates(tmp: str, num_records: int, num_classes: int, num_shards: int,
     # Diagnostic: pass 2's input alone (reader + joined batches), no selection, encoding
     # or writing.
     start = time.perf_counter()
-    for _, batches in sources.shard_joined_batches(config("out0").layout, range(num_shards),
-                                                   0):
+    for _, batches in join.shard_joined_batches(config("out0").layout, range(num_shards), 0):
         for _ in batches:
             pass
     items_only = num_records / (time.perf_counter() - start)
@@ -378,7 +377,7 @@ def filter_table(r) -> str:
     lines = [
         "| records × classes (shards) | kept copies written | pass 1 histogram (rec/s) | "
         "bare `TFRecordDataset` + `parse_example` (rec/s) | pass 2 `select_shards`, one job "
-        "(rec/s) | ratio | pass-2 input alone: `sources.shard_joined_batches` (rec/s) |",
+        "(rec/s) | ratio | pass-2 input alone: `join.shard_joined_batches` (rec/s) |",
         "|---|---|---|---|---|---|---|",
         f"| {r['records']:,} × {r['classes']} ({r['shards']}), "
         f"{r['input_bytes'] / 2**20:,.0f} MiB | {r['written']:,} (num_image={r['num_image']}) | "

@@ -217,15 +217,31 @@ def _vector(raw, key: str, num_classes: int, problems: _Problems, required: bool
     return tf.where((count == num_classes)[:, None], dense, tf.zeros_like(dense)), present
 
 
+def stored_class(value: tf.Tensor, present: tf.Tensor, num_classes: int,
+                 shift: int = 0) -> Tuple[tf.Tensor, tf.Tensor]:
+    """A class as stored (int64 [B]; `shift` 1 for the 1-based image/class/label) ->
+    (0-based int32 class [B], -1 where not `present`; bool [B], true where present and
+    outside [0, K)). The check of every parser here, and of the filter's fast reader."""
+    label = value - shift
+    outside = present & ((label < 0) | (label >= num_classes))
+    return tf.cast(tf.where(present, label, -1), tf.int32), outside
+
+
 def _class(value, num_classes: int, present, problems: _Problems, what: str,
            shift: int = 0) -> tf.Tensor:
     """0-based int32 class `value - shift` ([B]; -1 where absent); a problem if present
     and outside [0, K)."""
-    label = value - shift
+    label, outside = stored_class(value, present, num_classes, shift)
     stored = "1-based" if shift else "0-based"
-    problems.add(present & ((label < 0) | (label >= num_classes)), _text(
-        f"{what} ", label, f" ({stored} on disk: ", value, f") is outside [0, {num_classes})"))
-    return tf.cast(tf.where(present, label, -1), tf.int32)
+    problems.add(outside, _text(f"{what} ", value - shift, f" ({stored} on disk: ", value,
+                                f") is outside [0, {num_classes})"))
+    return label
+
+
+def derived_id(file_basename: str, index: int) -> str:
+    """The id of record `index` of a file that stores no image/id:
+    `<file basename>:<record index>`, what the parsers derive (`_record_id`)."""
+    return f"{file_basename}:{index}"
 
 
 def _record_id(raw, problems: _Problems, file, index) -> tf.Tensor:

@@ -2,7 +2,10 @@
 
   histogram  0.01-grid confidence histograms [K, 101], per-class thresholds (pure)
   select     seeded per-image copy counts, bounded shuffling, final stats (pure)
-  sources    input layouts for one (shard, task) and the image/prediction join by id
+  layout     where the input of one (shard, task) is (two layouts), its count checks
+  parsers    the reader's record parsers (fast fixed-length, and schema-checked)
+  reader     the input files in numpy batches, naming bad records; pass 1's input
+  join       pass 2's input: images joined with their predictions by id
   filter     the four file-level steps: write_shard_histogram, reduce_histograms,
              select_shard, finalize_stats (atomic outputs, no polling)
 
@@ -17,6 +20,7 @@ from nst.pseudo.filter import (FilterConfig, compute_shard_histogram, finalize_s
 from nst.pseudo.histogram import (GRID, NUM_BUCKETS, Thresholds, bucket_indices,
                                   choose_threshold, choose_thresholds,
                                   probabilities_histogram)
+from nst.pseudo.join import (Item, ItemBatch, PredictionOrderMismatch, joined_batches,
+                             joined_items)
+from nst.pseudo.layout import InputLayout
 from nst.pseudo.select import Selector, copy_count, copy_ratio, uniform_from_id
-from nst.pseudo.sources import (InputLayout, Item, ItemBatch, PredictionOrderMismatch,
-                                joined_batches, joined_items)

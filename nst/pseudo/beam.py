@@ -2,7 +2,7 @@
 
 The unit of parallelism is the (shard, task) pair, exactly the unit of the local jobs of
 `nst.filter_unlabel`, and each pair runs the same per-shard code (`nst.pseudo.filter`,
-which streams one shard through `sources`, `histogram` and `select`). The outputs are
+which streams one shard through `reader`/`join`, `histogram` and `select`). The outputs are
 therefore the files of a local run with the same flags: same names, same JSON bytes, same
 records in the same order.
 
@@ -17,7 +17,7 @@ records in the same order.
              (a pair whose stats file exists is finished and skipped, as locally)
            -> Count.Globally -> Map(finalize)  stats/final_stats.json
 
-Both input layouts of `sources` work (pseudo-labelled records, or raw shards plus
+Both input layouts of `nst.pseudo.layout` work (pseudo-labelled records, or raw shards plus
 `train-info-*` predictions joined by id): each worker runs the local per-shard join.
 Copy counts are seeded per (seed, image id) and the output shuffle per (seed, shard,
 task), so neither Beam's scheduling nor a retried bundle changes the output.

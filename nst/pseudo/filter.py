@@ -36,8 +36,10 @@ from absl import logging
 from nst import fileio
 from nst.data import wire, writers
 from nst.pseudo import histogram as hist_lib
+from nst.pseudo import join as join_lib
+from nst.pseudo import layout as layout_lib
+from nst.pseudo import reader
 from nst.pseudo import select as select_lib
-from nst.pseudo import sources
 
 # Flags whose values the thresholds depend on; `select_shard` refuses to mix them.
 _REDUCE_KEYS = ("num_label_classes", "num_image", "min_threshold", "max_prob", "use_top",
@@ -96,38 +98,38 @@ class FilterConfig:
 
     @property
     def stats_root(self) -> str:
-        return self.prelim_stats_dir or _join(self.output_dir, "prelim_stats")
+        return self.prelim_stats_dir or fileio.join(self.output_dir, "prelim_stats")
 
     @property
-    def layout(self) -> sources.InputLayout:
-        return sources.InputLayout(self.input_dir, self.file_prefix, self.prediction_dir,
-                                   self.info_dir, self.num_shards, self.total_replicas,
-                                   self.num_label_classes)
+    def layout(self) -> layout_lib.InputLayout:
+        return layout_lib.InputLayout(self.input_dir, self.file_prefix, self.prediction_dir,
+                                      self.info_dir, self.num_shards, self.total_replicas,
+                                      self.num_label_classes)
 
     def histogram_path(self, shard: int, task: int) -> str:
-        return _join(self.stats_root, f"prelim_stats_{shard:05d}_{task:d}.json")
+        return fileio.join(self.stats_root, f"prelim_stats_{shard:05d}_{task:d}.json")
 
     def stats_path(self, shard: int, task: int) -> str:
-        return _join(self.output_dir, "stats", f"stats_{shard:05d}_{task:d}.json")
+        return fileio.join(self.output_dir, "stats", f"stats_{shard:05d}_{task:d}.json")
 
     def data_path(self, shard: int, task: int) -> str:
         return writers.filtered_path(self.output_dir, task, shard, self.num_shards)
 
     def input_pattern(self) -> str:
         """Every pseudo-labelled (or image) input file of every shard and worker."""
-        return _join(self.input_dir, f"{self.file_prefix}-*-of-*")
+        return fileio.join(self.input_dir, f"{self.file_prefix}-*-of-*")
 
     def data_pattern(self) -> str:
         """Every filtered data file of every shard and task."""
-        return _join(self.output_dir, "data", "train-*-of-*")
+        return fileio.join(self.output_dir, "data", "train-*-of-*")
 
     def path(self, name: str) -> str:
         """total_counts*.json live in prelim_stats_dir, the rest in output_dir (§3.7)."""
         if name.startswith("total_counts"):
-            return _join(self.stats_root, name)
+            return fileio.join(self.stats_root, name)
         if name == "final_stats.json":
-            return _join(self.output_dir, "stats", name)
-        return _join(self.output_dir, name)
+            return fileio.join(self.output_dir, "stats", name)
+        return fileio.join(self.output_dir, name)
 
     def check_task(self, shard: int, task: int):
         if not 0 <= shard < self.num_shards:
@@ -144,11 +146,8 @@ class FilterConfig:
                      else self.only_use_num_shards)
 
 
-_join = sources.join_path
-
-
 def _write_json(path: str, obj, compact: bool = False):
-    tf.io.gfile.makedirs(sources.dirname(path))
+    tf.io.gfile.makedirs(fileio.dirname(path))
     if compact:  # K×101 pairs: one line instead of ~200K indented ones
         fileio.atomic_write_text(path, json.dumps(obj, separators=(",", ":")) + "\n")
     else:
@@ -173,7 +172,7 @@ def is_master(shard: int, task: int) -> bool:
 def _histograms(config: FilterConfig, shards: Sequence[int], task: int):
     """(shard, int64 [K, 101] histogram of (shard, task)'s predictions) for each shard in
     turn, streamed batch by batch through one reader."""
-    for shard, batches in sources.shard_top_classes(config.layout, shards, task):
+    for shard, batches in reader.shard_top_classes(config.layout, shards, task):
         total = np.zeros((config.num_label_classes, hist_lib.NUM_BUCKETS), np.int64)
         for labels, conf in batches:
             total += hist_lib.histogram(labels, conf, config.num_label_classes)
@@ -311,7 +310,7 @@ def load_thresholds(config: FilterConfig) -> hist_lib.Thresholds:
 # --------------------------------------------------------------------------- 3. select
 
 
-def _batch_records(batch: sources.ItemBatch, selector: select_lib.Selector,
+def _batch_records(batch: join_lib.ItemBatch, selector: select_lib.Selector,
                    counts: np.ndarray, encode: wire.PseudoLabeledEncoder) -> list:
     """One joined batch -> its serialized output records, each repeated `copies` times
     (serialized once per image: the copies share the bytes). Adds the copies to counts."""
@@ -398,15 +397,15 @@ def select_shards(config: FilterConfig, shards: Sequence[int], task: int,
                                    use_all=config.use_all, upsample=config.upsample,
                                    seed=config.seed)
     layout = config.layout
-    for shard, batches in sources.shard_joined_batches(layout, todo, task):
+    for shard, batches in join_lib.shard_joined_batches(layout, todo, task):
         try:
             counts = _write_selection(config, shard, task, batches, selector)
-        except sources.PredictionOrderMismatch as e:
+        except join_lib.PredictionOrderMismatch as e:
             logging.info("Predictions of shard %d task %d are not in image order (%s); "
                          "joining by id through temporary bucket files", shard, task, e)
-            batches = sources.joined_batches(
+            batches = join_lib.joined_batches(
                 layout, shard, task, method="partition",
-                tmp_dir=_join(config.output_dir, ".tmp"),
+                tmp_dir=fileio.join(config.output_dir, ".tmp"),
                 expected_records=_expected_records(config, shard, task))
             counts = _write_selection(config, shard, task, batches, selector)
         stats = results[shard] = select_lib.counts_to_json(counts)

@@ -43,10 +43,16 @@ def confidences(probabilities: np.ndarray,
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.ndim != 2:
         raise ValueError(f"probabilities must be [N, K], got shape {probabilities.shape}")
-    labels = np.argmax(probabilities, axis=1).astype(np.int64)
-    conf = probabilities[np.arange(len(labels)), labels]
+    labels, conf = argmax_rows(probabilities)
     check_confidences(conf, ids=ids)
     return labels, conf
+
+
+def argmax_rows(probabilities: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """float [N, K] -> (labels int64 [N], their values [N]), unchecked: np.argmax's first
+    maximum (a row holding a NaN picks the NaN)."""
+    labels = np.argmax(probabilities, axis=1).astype(np.int64)
+    return labels, probabilities[np.arange(len(labels)), labels]
 
 
 def check_confidences(conf: np.ndarray, what: str = "confidence",

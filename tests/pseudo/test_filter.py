@@ -19,8 +19,10 @@ from nst import fileio, filter_unlabel
 from nst.data import readers, schema, wire, writers
 from nst.pseudo import filter as filter_lib
 from nst.pseudo import histogram as hist_lib
+from nst.pseudo import join as join_lib
+from nst.pseudo import layout as layout_lib
+from nst.pseudo import parsers
 from nst.pseudo import select as select_lib
-from nst.pseudo import sources
 
 K = 3
 
@@ -273,7 +275,7 @@ def test_reader_top_class_is_numpy_argmax():
                      [0.3, inf, 0.2], [-1.0, -0.5, -2.0], [0.1, -inf, 0.4],
                      [0.1, nan, 0.9], [nan, nan, 0.1], [0.1, 0.9, nan], [inf, -inf, 0.0]],
                     np.float32)
-    labels, conf = sources._top_class(tf.constant(rows))
+    labels, conf = parsers.top_class(tf.constant(rows))
     expected = rows[np.arange(len(rows)), np.argmax(rows, axis=1)]
     finite_rows = slice(0, 7)  # the rest: NaN somewhere, or +inf with -inf
     assert labels.numpy()[finite_rows].tolist() == np.argmax(rows, axis=1)[finite_rows].tolist()
@@ -285,7 +287,7 @@ def test_reader_top_class_is_numpy_argmax():
     rng = np.random.default_rng(0)
     for k in (3, 40, 1000):  # many ties: the first maximum, as np.argmax
         ties = rng.integers(0, 3, (2000, k)).astype(np.float32)
-        labels, conf = sources._top_class(tf.constant(ties))
+        labels, conf = parsers.top_class(tf.constant(ties))
         assert labels.numpy().tolist() == np.argmax(ties, axis=1).tolist()
         np.testing.assert_array_equal(conf.numpy(), ties.max(axis=1))
 
@@ -442,8 +444,8 @@ def test_predictions_are_joined_by_id_not_by_order(tmp_path, monkeypatch):
     _write_separate(tmp_path, examples, 1, 2, order="shuffled")
     config = _separate_config(tmp_path, num_shards=1, total_replicas=2)
     calls = []
-    partition_join = sources._partition_join
-    monkeypatch.setattr(sources, "_partition_join",
+    partition_join = join_lib._partition_join
+    monkeypatch.setattr(join_lib, "_partition_join",
                         lambda *args: calls.append(args[1:3]) or partition_join(*args))
     _run_all(config)
     assert sorted(calls) == [(0, 0), (0, 1)]  # both slices are out of order
@@ -506,13 +508,13 @@ def test_streamed_join_does_not_depend_on_the_batch_size(tmp_path, monkeypatch, 
     _run_all(config)
     reference = {f: open(os.path.join(config.output_dir, "data", f), "rb").read()
                  for f in os.listdir(os.path.join(config.output_dir, "data"))}
-    monkeypatch.setattr(sources, "BATCH_SIZE", 3)
+    monkeypatch.setattr(join_lib, "BATCH_SIZE", 3)
     config = _separate_config(tmp_path, "small_batches", num_shards=1, total_replicas=2)
     _run_all(config)
     assert reference and reference == {
         f: open(os.path.join(config.output_dir, "data", f), "rb").read()
         for f in os.listdir(os.path.join(config.output_dir, "data"))}
-    items = list(sources.joined_items(config.layout, 0, 1))
+    items = list(join_lib.joined_items(config.layout, 0, 1))
     assert [it.image_id for it in items][:2] == (
         ["img-0001", "img-0003"] if with_ids else ["extra-00000-of-00001:1",
                                                    "extra-00000-of-00001:3"])
@@ -762,10 +764,10 @@ def test_multi_shard_job_publishes_the_shards_before_a_bad_record(tmp_path):
     # An all-zero vector reaching pass 2 is named there too.
     zero = schema.encode_pseudo_labeled(b"z", np.zeros(K, np.float32), image_id="zero")
     _write_shard_files(tmp_path / "zero", [records[:3] + [zero]])
-    layout = sources.InputLayout(str(tmp_path / "zero"), num_shards=1, num_classes=K)
+    layout = layout_lib.InputLayout(str(tmp_path / "zero"), num_shards=1, num_classes=K)
     with pytest.raises(ValueError, match="Record 3 of .*train-00000-of-00001 holds no "
                                          "teacher probabilities"):
-        list(sources.joined_batches(layout, 0, 0))
+        list(join_lib.joined_batches(layout, 0, 0))
 
 
 def test_output_records_are_the_encoded_selection_whatever_the_input_bytes(tmp_path):
