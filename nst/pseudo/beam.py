@@ -26,7 +26,9 @@ task), so neither Beam's scheduling nor a retried bundle changes the output.
 gs://bucket/dir on Dataflow; the DirectRunner works on local paths.
 """
 
+import difflib
 import os
+import re
 import shlex
 import sys
 from typing import Dict, List, Sequence, Tuple, Union
@@ -209,10 +211,50 @@ def define_flags(flag_values=FLAGS):
                             flag_values=flag_values)
 
 
+def unknown_options(args: Sequence[str]) -> List[str]:
+    """The words of `args` (up to a '--') that look like options but that none of Beam's
+    pipeline options parses: Beam's own parser (`PipelineOptions.get_all_options`, over
+    every options class imported, i.e. the standard, direct, Google Cloud, worker, setup,
+    portable, Flink and Spark ones) decides. Beam itself only warns about such a word and
+    drops it or passes it on."""
+    args = list(args)
+    if "--" in args:
+        args = args[:args.index("--")]
+    single = [a for a in args if re.match(r"-[A-Za-z_]", a)]  # -x: no Beam option looks so
+    known = PipelineOptions([]).get_all_options()
+    parsed = PipelineOptions([a for a in args if a not in single]).get_all_options(
+        retain_unknown_options=True)
+    unparsed = set(parsed) - set(known)  # the unknown ones, by argparse's dest
+    return [a for a in args if a in single
+            or (a.startswith("--") and _dest(a) in unparsed)]
+
+
+def _dest(option: str) -> str:
+    """argparse's attribute name of '--some-name[=value]': some_name."""
+    return option.lstrip("-").split("=", 1)[0].replace("-", "_")
+
+
+def _unknown_error(unknown: Sequence[str], flag_values) -> flags.Error:
+    names = sorted(set(flag_values) | set(PipelineOptions([]).get_all_options()))
+    words = []
+    for option in unknown:
+        close = difflib.get_close_matches(_dest(option), names, n=1)
+        words.append(f"{option} (did you mean --{close[0]}?)" if close else option)
+    return flags.Error(
+        f"Unknown command line flag{'s' if len(words) > 1 else ''} {', '.join(words)}: "
+        f"neither a flag of this tool nor a Beam pipeline option (options that only a "
+        f"runner's job server knows go in --beam_args, which is passed on unchecked)")
+
+
 def split_argv(argv: Sequence[str], flag_values=FLAGS) -> List[str]:
     """Parses this tool's flags from argv; returns the rest (Beam's options), followed by
-    the words of --beam_args."""
+    the words of --beam_args. Raises flags.Error naming every word of the rest that looks
+    like an option but is no Beam pipeline option either (`unknown_options`): a misspelt
+    flag such as --num_shard=4 stops the tool before any work."""
     rest = flag_values(list(argv), known_only=True)[1:]
+    unknown = unknown_options(rest)
+    if unknown:
+        raise _unknown_error(unknown, flag_values)
     return rest + shlex.split(flag_values.beam_args)
 
 
@@ -233,11 +275,11 @@ def main(argv):
     logging.info("Filter done: %d records", final["total_cnt"])
 
 
-def _parse_flags(argv: Sequence[str]) -> List[str]:
+def _parse_flags(argv: Sequence[str], flag_values=FLAGS) -> List[str]:
     """app.run's flags_parser: this tool's flags, the rest is passed on to Beam."""
     try:
-        return [argv[0]] + split_argv(argv)
-    except flags.Error as e:  # a bad value of one of this tool's flags
+        return [argv[0]] + split_argv(argv, flag_values)
+    except flags.Error as e:  # a bad value of one of this tool's flags, or an unknown flag
         sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull "
                          f"to see help on flags.\n")
         sys.exit(1)

@@ -229,7 +229,56 @@ def test_command_line_passes_runner_options_through(tmp_path):
     assert beam_lib.pipeline_options_from(rest).get_all_options()["project"] == "p"
 
 
-@pytest.mark.slow  # ~20 s: two interpreters importing TensorFlow and Beam
+# The runner options of the command lines in docs/pseudo_labels.md.
+DOCUMENTED_OPTIONS = [
+    "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+    "--runner=DataflowRunner", "--project=PROJECT", "--region=us-central1",
+    "--temp_location=gs://BUCKET/tmp", "--setup_file=./setup.py",
+    "--requirements_file=worker-requirements.txt", "--max_num_workers=64",
+    "--runner=FlinkRunner", "--flink_master=http://flink-host:8081", "--parallelism=16",
+    "--environment_type=DOCKER", "--sdk_container_image=REGISTRY/nst-beam:latest",
+    "--environment_config=REGISTRY/nst-beam:latest", "--runner=SparkRunner",
+    "--spark_master_url=spark://spark-host:7077", "--spark_submit_uber_jar",
+    "--spark_rest_url=http://spark-host:6066", "--project", "p"]
+
+
+def test_command_line_passes_documented_runner_options_through():
+    values = flags.FlagValues()
+    beam_lib.define_flags(values)
+    assert beam_lib.unknown_options(DOCUMENTED_OPTIONS) == []
+    assert beam_lib.split_argv(["prog", "--num_shards=3"] + DOCUMENTED_OPTIONS,
+                               values) == DOCUMENTED_OPTIONS
+
+
+def test_command_line_refuses_unknown_flags_naming_them(tmp_path, capsys):
+    values = flags.FlagValues()
+    beam_lib.define_flags(values)
+    out = tmp_path / "out"
+    argv = ["prog", f"--input_dir={tmp_path / 'in'}", f"--output_dir={out}", "--num_shard=4",
+            "--runner=DirectRunner", "--direct_num_workers=2"]
+    with pytest.raises(SystemExit) as exit_info:
+        beam_lib._parse_flags(argv, values)
+    assert exit_info.value.code == 1
+    named = [line for line in capsys.readouterr().err.splitlines() if "--num_shard" in line]
+    assert len(named) == 1 and "--num_shard=4 (did you mean --num_shards?)" in named[0]
+    assert not out.exists()
+    # Every unknown word is named, also single-dash ones and misspelt Beam options; a word
+    # in --beam_args goes to Beam as it is.
+    named = (r"flags --num_shard \(did you mean --num_shards\?\), -x=1, "
+             r"--runnr=DirectRunner \(did you mean --runner\?\)")
+    with pytest.raises(flags.Error, match=named):
+        beam_lib.split_argv(["prog", "--num_shard", "4", "-x=1", "--runnr=DirectRunner",
+                             "--region=r"], values)
+    assert beam_lib.split_argv(["prog", "--region=r", "--beam_args=--job_server_only=1"],
+                               values) == ["--region=r", "--job_server_only=1"]
+
+
+def _run_binary(args):
+    return subprocess.run([sys.executable, "-m", "nst.pseudo.beam"] + args,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # ~30 s: three interpreters importing TensorFlow and Beam
 def test_binary_end_to_end(tmp_path):
     _write_pseudo(tmp_path / "in", _images(), 3)
     local = filter_lib.FilterConfig(input_dir=str(tmp_path / "in"),
@@ -240,14 +289,21 @@ def test_binary_end_to_end(tmp_path):
             "--num_shards=3", f"--num_label_classes={K}", "--num_image=15",
             "--min_threshold=0.3", "--shuffle_buffer=8", "--runner=DirectRunner",
             "--beam_args=--direct_num_workers=1 --direct_running_mode=in_memory"]
-    result = subprocess.run([sys.executable, "-m", "nst.pseudo.beam"] + args,
-                            capture_output=True, text=True, timeout=300)
+    result = _run_binary(args)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_outputs(local.output_dir, str(tmp_path / "beam"), canonical=True)
     # A user error: exit status 1 and the message, no traceback.
-    result = subprocess.run([sys.executable, "-m", "nst.pseudo.beam", "--num_shards=3",
-                             f"--output_dir={tmp_path / 'none'}",
-                             f"--input_dir={tmp_path / 'missing'}"] + DIRECT,
-                            capture_output=True, text=True, timeout=300)
+    result = _run_binary(["--num_shards=3", f"--output_dir={tmp_path / 'none'}",
+                          f"--input_dir={tmp_path / 'missing'}"] + DIRECT)
     assert result.returncode == 1
     assert f"Input shard {tmp_path / 'missing'}" in result.stderr
+    # A misspelt flag: exit status 1 before any work, one line naming it.
+    result = _run_binary(["--num_shard=3", f"--output_dir={tmp_path / 'typo'}",
+                          f"--input_dir={tmp_path / 'in'}"] + DIRECT)
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if "--num_shard=3" in line] == [
+        "FATAL Flags parsing error: Unknown command line flag --num_shard=3 (did you mean "
+        "--num_shards?): neither a flag of this tool nor a Beam pipeline option (options "
+        "that only a runner's job server knows go in --beam_args, which is passed on "
+        "unchecked)"]
+    assert not (tmp_path / "typo").exists()
