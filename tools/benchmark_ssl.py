@@ -33,6 +33,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
+from nst import fileio
+
 FLAGS = flags.FLAGS
 
 
@@ -205,19 +207,12 @@ class Benchmark:
 
     def save(self):
         if FLAGS.output:
-            _atomic_write(FLAGS.output, json.dumps(
+            fileio.atomic_write_text(FLAGS.output, json.dumps(
                 {"dataset": FLAGS.dataset, "seeds": self.seeds, "rows": self.rows,
                  "pseudo_label_accuracy": self.pseudo, "seconds": self.seconds,
                  "peer_params": self.peer_params, "tables": self.tables()}, indent=2))
         if FLAGS.markdown:
-            _atomic_write(FLAGS.markdown, self.tables() + "\n")
-
-
-def _atomic_write(path: str, text: str):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+            fileio.atomic_write_text(FLAGS.markdown, self.tables() + "\n")
 
 
 def _mean_std(values) -> str:
@@ -301,7 +296,7 @@ def main(argv):
                     os.path.join(FLAGS.work_dir, f"seed_{seed}", "main", "data"),
                     num_classes=10, crop=dataset.crop)
                 fitted = peers_lib.fit_peers(data, seed=int(seed))
-                _atomic_write(path, json.dumps(fitted, indent=2))
+                fileio.atomic_write_text(path, json.dumps(fitted, indent=2))
             for name, result in fitted.items():
                 bench.put(peers_lib.NAMES[name], seed, result["test"], result["dev"])
                 bench.peer_params.setdefault(name, []).append(result["param"])
