@@ -58,57 +58,28 @@ HISTOGRAM, REDUCE, SELECT, FINALIZE = 1, 2, 0, 3
 
 
 def define_flags(flag_values=FLAGS):
-    """Registers the flags on `flag_values` (skipping names another tool already defined)."""
+    """Registers the flags on `flag_values` (skipping names another tool already defined):
+    one per `FilterConfig` field (`filter_lib.define_flags`: names, types, defaults and
+    help kept beside the dataclass) plus this binary's own --shard_id, --task and
+    --only_get_stats."""
+    filter_lib.define_flags(flag_values)
+
     def define(kind, name, default, help_text, **kwargs):
         if name not in flag_values:
             getattr(flags, f"DEFINE_{kind}")(name, default, help_text,
                                               flag_values=flag_values, **kwargs)
 
-    define("string", "input_dir", "", "Unlabeled shard files (raw, or pseudo-labelled).")
-    define("string", "prediction_dir", "",
-           "Directory of train-info-* prediction files; empty: the input records hold "
-           "the predictions.")
-    define("string", "info_dir", "", "Directory of info-*.txt image counts (checked if set).")
-    define("string", "prelim_stats_dir", "",
-           "Per-shard histograms and global totals; default <output_dir>/prelim_stats.")
-    define("string", "output_dir", "", "Output root: data/, stats/, threshold.json.")
-    define("integer", "num_shards", 128, "Number of shards.")
-    define("integer", "only_use_num_shards", -1,
-           "Build thresholds from the first N shards' histograms only (-1 = all).")
     define("string", "shard_id", "0",
            "Shards handled by this process: '3', '0,1,2' or '0-9' (one after the other, "
            "through one reader).")
     define("integer", "task", 0, "Worker slice handled by this process, 0..total_replicas-1.")
-    define("integer", "total_replicas", 1, "Prediction worker slices (= tasks) per shard.")
-    define("integer", "num_image", 1300, "Target number of images per class.")
-    define("float", "min_threshold", 0.0,
-           "Lowest confidence admitted (inclusive); must be on the 0.01 grid.")
-    define("float", "max_prob", 2.0, "Highest confidence admitted (inclusive).")
-    define("integer", "num_label_classes", 1000, "Number of classes K.")
-    define("integer", "upsample", 1, "1: duplicate images of small classes; 0: at most once.")
     define("integer", "only_get_stats", 0,
            "Step: 1 histogram, 2 reduce, 0 select, 3 finalize (see the module doc).",
            lower_bound=0, upper_bound=3)
-    define("string", "file_prefix", "train", "Prefix of the input shard files.")
-    define("integer", "use_top", 1,
-           "1: highest threshold reaching num_image; 0: always min_threshold.")
-    define("boolean", "use_all", False, "Keep every image >= min_threshold once (no balancing).")
-    define("integer", "seed", 12345, "Seeds the per-image copy draw and the output shuffle.",
-           lower_bound=0)
-    define("integer", "shuffle_buffer", 10000,
-           "Records held to shuffle each output file (<= 1: no shuffle).")
 
 
 def config_from_flags(flag_values=FLAGS) -> filter_lib.FilterConfig:
-    f = flag_values
-    return filter_lib.FilterConfig(
-        input_dir=f.input_dir, output_dir=f.output_dir, prediction_dir=f.prediction_dir,
-        info_dir=f.info_dir, prelim_stats_dir=f.prelim_stats_dir, file_prefix=f.file_prefix,
-        num_shards=f.num_shards, total_replicas=f.total_replicas,
-        only_use_num_shards=f.only_use_num_shards, num_label_classes=f.num_label_classes,
-        num_image=f.num_image, min_threshold=f.min_threshold, max_prob=f.max_prob,
-        upsample=bool(f.upsample), use_top=bool(f.use_top), use_all=f.use_all, seed=f.seed,
-        shuffle_buffer=f.shuffle_buffer)
+    return filter_lib.config_from_flags(flag_values)
 
 
 def run(flag_values=FLAGS):

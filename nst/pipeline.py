@@ -70,12 +70,8 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
         return [shlex.join(["nst-main", f"--gin_file={gin_file}", f"--shard_id={shard}"])
                 for shard in range(stage.settings.num_shards)]
     f = stage.filter_config
-    base = ["nst-filter-unlabel", f"--input_dir={f.input_dir}", f"--output_dir={f.output_dir}",
-            f"--file_prefix={f.file_prefix}", f"--num_shards={f.num_shards}",
-            f"--num_label_classes={f.num_label_classes}", f"--num_image={f.num_image}",
-            f"--min_threshold={f.min_threshold}", f"--upsample={int(f.upsample)}",
-            f"--use_top={int(f.use_top)}", f"--use_all={str(f.use_all).lower()}",
-            f"--seed={f.seed}"]
+    # Every FilterConfig field, generated from the config: a new field cannot be left out.
+    base = ["nst-filter-unlabel"] + f.to_flags()
     shards = range(f.num_shards)
     return ([shlex.join(base + ["--only_get_stats=1", f"--shard_id={s}"]) for s in shards]
             + [shlex.join(base + ["--only_get_stats=2"])]
@@ -136,14 +132,8 @@ def _run_predict(stage: Stage, run_dir: str) -> Dict:
 def _run_filter(stage: Stage) -> Dict:
     from nst import report
     f = stage.filter_config
-    for shard in range(f.num_shards):
-        if not tf.io.gfile.exists(f.histogram_path(shard, 0)):
-            filter_lib.write_shard_histogram(f, shard, 0)
-    filter_lib.reduce_histograms(f)
-    for shard in range(f.num_shards):
-        filter_lib.select_shard(f, shard, 0)
-    filter_lib.finalize_stats(f)
-    summary = report.pseudo_label_summary(f.output_dir)
+    filter_lib.run_all(f)  # the four steps, resuming where an earlier run stopped
+    summary = report.pseudo_label_summary(f)
     if not summary["total_after"]:
         raise ValueError(
             f"{stage.name} kept no pseudo-labelled image: no prediction of the teacher "

@@ -34,8 +34,9 @@ results.json and ignored by the report):
    "baselines": [                         # optional extra rows, e.g. no-noise student
      {"name": str, "iteration": int, "model_name": str, "metrics": {...as above...}}]}
 
-`pseudo_label_summary(filter_output_dir, prelim_stats_dir=None)` reads the files of the
-local filter (`nst.pseudo.filter`) and returns
+`pseudo_label_summary(filter_output_dir, prelim_stats_dir=None)` (or
+`pseudo_label_summary(filter_config)`) reads the files of the local filter
+(`nst.pseudo.filter`, at the paths of `filter.output_paths`) and returns
 
   {"num_classes": K,
    "histogram": [[101 ints] * K],   # total_counts.json: hist[c][j] = images of argmax
@@ -62,13 +63,14 @@ import datetime
 import io
 import json
 import math
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from nst import fileio
+from nst.pseudo import filter as filter_lib
 from nst.pseudo import histogram as hist_lib
 
 # Splits with their own columns in the table and lines in the accuracy plot.
@@ -101,18 +103,27 @@ def _read_optional(path: str):
     return fileio.read_json(path) if tf.io.gfile.exists(path) else None
 
 
-def pseudo_label_summary(filter_output_dir: str,
+def pseudo_label_summary(filter_output_dir: Union[str, filter_lib.FilterConfig],
                          prelim_stats_dir: Optional[str] = None) -> Dict:
     """Reads the filter's output files into one JSON-able dict (schema: module docstring).
 
+    `filter_output_dir` is the filter's output_dir, or the FilterConfig of the run (its
+    output_dir and prelim_stats_dir; then `prelim_stats_dir` must not be given). The
+    paths are the filter's own (`filter.output_paths`, what `FilterConfig.path` names):
     prelim_stats_dir defaults to <filter_output_dir>/prelim_stats, as in FilterConfig.
     Raises FileNotFoundError naming a missing threshold.json, total_counts.json or
     stats/final_stats.json, and ValueError for contents that do not fit together.
     """
-    prelim_stats_dir = prelim_stats_dir or fileio.join(filter_output_dir, "prelim_stats")
-    threshold_path = fileio.join(filter_output_dir, "threshold.json")
-    counts_path = fileio.join(prelim_stats_dir, "total_counts.json")
-    final_path = fileio.join(filter_output_dir, "stats", "final_stats.json")
+    if isinstance(filter_output_dir, filter_lib.FilterConfig):
+        if prelim_stats_dir is not None:
+            raise ValueError("pass prelim_stats_dir in the FilterConfig, not beside it")
+        config = filter_output_dir
+        filter_output_dir, prelim_stats_dir = config.output_dir, config.prelim_stats_dir
+    paths = filter_lib.output_paths(filter_output_dir, prelim_stats_dir or "")
+    prelim_stats_dir = filter_lib.stats_root(filter_output_dir, prelim_stats_dir or "")
+    threshold_path = paths["threshold.json"]
+    counts_path = paths["total_counts.json"]
+    final_path = paths["final_stats.json"]
 
     threshold_json = _read_required(threshold_path, "per-class thresholds of the reduce step")
     if not isinstance(threshold_json, Mapping) or not threshold_json:
@@ -134,8 +145,8 @@ def pseudo_label_summary(filter_output_dir: str,
                              f"{threshold_path}")
         counts_after[c] = int(n)
 
-    settings = _read_optional(fileio.join(filter_output_dir, "filter_config.json")) or {}
-    across = _read_optional(fileio.join(filter_output_dir, "num_image_across_cat.json")) or {}
+    settings = _read_optional(paths["filter_config.json"]) or {}
+    across = _read_optional(paths["num_image_across_cat.json"]) or {}
     num_image = settings.get("num_image")
     # The original tool's key is misspelt; accept the correct spelling as well.
     num_image_across_cat = across.get("num_image_acorss_cat",

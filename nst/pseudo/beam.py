@@ -201,7 +201,9 @@ _IGNORED_FLAGS = ("only_get_stats", "shard_id", "task")  # the pipeline runs eve
 
 
 def define_flags(flag_values=FLAGS):
-    """The flags of `nst.filter_unlabel` plus --beam_args."""
+    """The flags of `nst.filter_unlabel` plus --beam_args: one per FilterConfig field
+    (`filter_lib.define_flags`), and that binary's own --only_get_stats, --shard_id and
+    --task, accepted and ignored (`_IGNORED_FLAGS`)."""
     filter_unlabel.define_flags(flag_values)
     if "beam_args" not in flag_values:
         flags.DEFINE_string("beam_args", "",
@@ -263,7 +265,7 @@ def run(flag_values=FLAGS, beam_argv: Sequence[str] = ()) -> Dict:
         if flag_values[name].present:
             logging.warning("--%s is ignored: the Beam pipeline runs every step on every "
                             "shard and task", name)
-    return run_beam_filter(filter_unlabel.config_from_flags(flag_values), list(beam_argv))
+    return run_beam_filter(filter_lib.config_from_flags(flag_values), list(beam_argv))
 
 
 def main(argv):

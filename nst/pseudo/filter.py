@@ -20,8 +20,11 @@ copy counts (seeded per image id) and the shuffle (seeded per shard) make the re
 identical. Memory: a K×101 histogram, the thresholds, one shuffle buffer of serialized
 records and, only when stored prediction ids are out of image order, one hash-join bucket.
 
+`run_all` runs the four steps in one process (the pipeline's filter stage).
+
 The algorithm itself is in `histogram` (buckets, thresholds) and `select` (copy counts,
-shuffling, final statistics) as pure functions; this module adds files and names.
+shuffling, final statistics) as pure functions; this module adds files and names, and
+the flags of the settings (`define_flags`, generated from `FilterConfig`).
 """
 
 import contextlib
@@ -31,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
+from absl import flags, logging
 
 from nst import fileio
 from nst.data import wire, writers
@@ -55,6 +58,11 @@ class FilterConfig:
     min_threshold). use_all: keep every image >= min_threshold once. only_use_num_shards:
     build the thresholds from the first N shards' histograms only (-1 = all); selection
     still runs on every shard.
+
+    The fields are the settings' one definition: `define_flags` makes the binaries'
+    flags from them (help in `HELP`), `config_from_flags` reads them back, `to_flags`
+    writes a config as those flags (the pipeline's commands), and `path` /
+    `output_paths` name the output files for writers and readers alike.
     """
 
     input_dir: str
@@ -98,7 +106,7 @@ class FilterConfig:
 
     @property
     def stats_root(self) -> str:
-        return self.prelim_stats_dir or fileio.join(self.output_dir, "prelim_stats")
+        return stats_root(self.output_dir, self.prelim_stats_dir)
 
     @property
     def layout(self) -> layout_lib.InputLayout:
@@ -125,11 +133,7 @@ class FilterConfig:
 
     def path(self, name: str) -> str:
         """total_counts*.json live in prelim_stats_dir, the rest in output_dir (§3.7)."""
-        if name.startswith("total_counts"):
-            return fileio.join(self.stats_root, name)
-        if name == "final_stats.json":
-            return fileio.join(self.output_dir, "stats", name)
-        return fileio.join(self.output_dir, name)
+        return output_path(self.output_dir, name, self.prelim_stats_dir)
 
     def check_task(self, shard: int, task: int):
         if not 0 <= shard < self.num_shards:
@@ -144,6 +148,127 @@ class FilterConfig:
     def histogram_shards(self) -> range:
         return range(self.num_shards if self.only_use_num_shards < 0
                      else self.only_use_num_shards)
+
+    def to_flags(self) -> List[str]:
+        """Every field as the flag of `nst-filter-unlabel` (`define_flags`), in field
+        order: '--name=value', the 0/1 integer flags (upsample, use_top) as 0 or 1, the
+        boolean ones as true/false. Parsed back by `config_from_flags`, they give this
+        config."""
+        return [f"--{field.name}={_flag_text(field, getattr(self, field.name))}"
+                for field in dataclasses.fields(self)]
+
+
+# --------------------------------------------------------------------------- output names
+
+# The reduce and finalize steps' files, by the name `FilterConfig.path` takes.
+OUTPUT_FILES = ("total_counts.json", "total_counts_sum.json", "filter_config.json",
+                "num_image_across_cat.json", "threshold.json", "final_stats.json")
+
+
+def stats_root(output_dir: str, prelim_stats_dir: str = "") -> str:
+    """The histograms' directory: prelim_stats_dir, default <output_dir>/prelim_stats."""
+    return prelim_stats_dir or fileio.join(output_dir, "prelim_stats")
+
+
+def output_path(output_dir: str, name: str, prelim_stats_dir: str = "") -> str:
+    """`FilterConfig.path` of a run with these directories: total_counts*.json in the
+    stats root, final_stats.json in <output_dir>/stats, the rest in output_dir."""
+    if name.startswith("total_counts"):
+        return fileio.join(stats_root(output_dir, prelim_stats_dir), name)
+    if name == "final_stats.json":
+        return fileio.join(output_dir, "stats", name)
+    return fileio.join(output_dir, name)
+
+
+def output_paths(output_dir: str, prelim_stats_dir: str = "") -> Dict[str, str]:
+    """{name: path} of every file of `OUTPUT_FILES`, as a filter run with these
+    directories writes them (readers such as `nst.report` use this)."""
+    return {name: output_path(output_dir, name, prelim_stats_dir) for name in OUTPUT_FILES}
+
+
+# --------------------------------------------------------------------------- flags
+
+# The help of each FilterConfig field's flag (the original's flag names and defaults;
+# `define_flags` generates the flags from the fields, so they cannot drift apart).
+HELP = {
+    "input_dir": "Unlabeled shard files (raw, or pseudo-labelled).",
+    "output_dir": "Output root: data/, stats/, threshold.json.",
+    "prediction_dir": "Directory of train-info-* prediction files; empty: the input "
+                      "records hold the predictions.",
+    "info_dir": "Directory of info-*.txt image counts (checked if set).",
+    "prelim_stats_dir": "Per-shard histograms and global totals; default "
+                        "<output_dir>/prelim_stats.",
+    "file_prefix": "Prefix of the input shard files.",
+    "num_shards": "Number of shards.",
+    "total_replicas": "Prediction worker slices (= tasks) per shard.",
+    "only_use_num_shards": "Build thresholds from the first N shards' histograms only "
+                           "(-1 = all).",
+    "num_label_classes": "Number of classes K.",
+    "num_image": "Target number of images per class.",
+    "min_threshold": "Lowest confidence admitted (inclusive); must be on the 0.01 grid.",
+    "max_prob": "Highest confidence admitted (inclusive).",
+    "upsample": "1: duplicate images of small classes; 0: at most once.",
+    "use_top": "1: highest threshold reaching num_image; 0: always min_threshold.",
+    "use_all": "Keep every image >= min_threshold once (no balancing).",
+    "seed": "Seeds the per-image copy draw and the output shuffle.",
+    "shuffle_buffer": "Records held to shuffle each output file (<= 1: no shuffle).",
+}
+# bool fields that are 0/1 integer flags, as in the original (use_all is a boolean flag).
+INT_BOOL_FLAGS = ("upsample", "use_top")
+# Flag defaults of the fields without one (required: FilterConfig names a missing one).
+_REQUIRED_FLAG_DEFAULTS = {"input_dir": "", "output_dir": ""}
+_FLAG_BOUNDS = {"seed": dict(lower_bound=0)}
+
+
+def _flag_kind(field) -> str:
+    """'string', 'integer', 'float' or 'boolean': the absl flag type of a field."""
+    if field.type in (bool, "bool"):
+        return "integer" if field.name in INT_BOOL_FLAGS else "boolean"
+    return {int: "integer", "int": "integer", float: "float",
+            "float": "float"}.get(field.type, "string")
+
+
+def _flag_default(field):
+    if field.default is dataclasses.MISSING:
+        return _REQUIRED_FLAG_DEFAULTS[field.name]
+    return int(field.default) if _flag_kind(field) == "integer" else field.default
+
+
+def _flag_text(field, value) -> str:
+    kind = _flag_kind(field)
+    if kind == "boolean":
+        return "true" if value else "false"
+    if kind == "integer":
+        return str(int(value))
+    return str(value)
+
+
+def flag_definitions() -> List[tuple]:
+    """(absl type, name, default, help, extra keyword arguments) of each FilterConfig
+    field's flag, in field order."""
+    return [(_flag_kind(field), field.name, _flag_default(field), HELP[field.name],
+             dict(_FLAG_BOUNDS.get(field.name, {})))
+            for field in dataclasses.fields(FilterConfig)]
+
+
+def define_flags(flag_values=None):
+    """Defines one absl flag per FilterConfig field on `flag_values` (default: the global
+    `flags.FLAGS`), skipping names already defined there."""
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    for kind, name, default, help_text, kwargs in flag_definitions():
+        if name not in flag_values:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text,
+                                              flag_values=flag_values, **kwargs)
+
+
+def config_from_flags(flag_values=None) -> FilterConfig:
+    """The FilterConfig of parsed flags (`define_flags`); 0/1 flags become bools."""
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    values = {}
+    for field in dataclasses.fields(FilterConfig):
+        value = flag_values[field.name].value
+        values[field.name] = bool(value) if field.name in INT_BOOL_FLAGS else value
+    return FilterConfig(**values)
 
 
 def _write_json(path: str, obj, compact: bool = False):
@@ -449,3 +574,20 @@ def finalize_stats(config: FilterConfig) -> Dict:
     _write_json(config.path("final_stats.json"), final)
     logging.info("Wrote %s: %d records", config.path("final_stats.json"), final["total_cnt"])
     return final
+
+
+# --------------------------------------------------------------------------- all steps
+
+
+def run_all(config: FilterConfig, shards: Optional[Sequence[int]] = None) -> Dict:
+    """The four steps in this process, each task in turn: histograms of `shards` (default:
+    every shard) not done yet, the reduce, the selection of those not done yet, the
+    finalize. Returns final_stats.json's content. Reduce and finalize need every shard's
+    files (FileNotFoundError naming the missing ones)."""
+    shards = range(config.num_shards) if shards is None else list(shards)
+    for task in range(config.total_replicas):
+        write_shard_histograms(config, shards, task)
+    thresholds = reduce_histograms(config)
+    for task in range(config.total_replicas):
+        select_shards(config, shards, task, thresholds)
+    return finalize_stats(config)
