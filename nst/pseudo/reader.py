@@ -26,12 +26,25 @@ from nst.pseudo.layout import (FileSlice, InputLayout, check_info, check_slices,
 # prefetched batches stay ~32 MiB whatever the class count.
 _READ_ROWS = (64, 1024)
 _READ_BYTES = 4 << 20
+# The reader's parallelism: files are read one after the other (no parallel reads, 8 MiB
+# read buffer), the parser runs on 2 batches at once, 8 parsed batches are prefetched.
+READ_BUFFER_BYTES = 8 << 20
+PARSE_CALLS = 2
+PREFETCH_BATCHES = 8
 
 
 def read_rows(num_classes: int) -> int:
     """Records per reader batch for vectors of `num_classes` float32."""
     low, high = _READ_ROWS
     return int(min(high, max(low, _READ_BYTES // (4 * num_classes))))
+
+
+def pipeline_options() -> tf.data.Options:
+    """The reader's tf.data options: default graph rewrites and autotuning off."""
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
 
 
 def _pipeline(files: Sequence[FileSlice], parse, batch_size: int, total_replicas: int,
@@ -48,37 +61,35 @@ def _pipeline(files: Sequence[FileSlice], parse, batch_size: int, total_replicas
     trivial one. tf.data's default graph rewrites and autotuning are off: for a pipeline
     this short they only add set-up.
     """
-    options = tf.data.Options()
-    options.experimental_optimization.apply_default_optimizations = False
-    options.autotune.enabled = False
+    options = pipeline_options()
     end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
     name = tf.constant(name)
     paths = [f.path for f in files]
     if total_replicas <= 1 or all(f.task is None for f in files):
         def per_file(path):
-            return (tf.data.TFRecordDataset(path, buffer_size=8 << 20).enumerate()
+            return (tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES).enumerate()
                     .batch(batch_size).concatenate(end))
 
         whole = tf.constant(-1, tf.int64)
         dataset = (tf.data.Dataset.from_tensor_slices(paths).flat_map(per_file)
                    .map(lambda index, serialized: parse(index, serialized, name, whole),
-                        num_parallel_calls=2))
+                        num_parallel_calls=PARSE_CALLS))
     else:
         def per_file(path, task):
             # A sliced file keeps ~1/R of each batch: read R batches' worth at a time.
             group = tf.where(task < 0, tf.constant(batch_size, tf.int64),
                              tf.constant(batch_size * total_replicas, tf.int64))
-            batches = (tf.data.TFRecordDataset(path, buffer_size=8 << 20).enumerate()
-                       .batch(group).concatenate(end))
+            batches = (tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+                       .enumerate().batch(group).concatenate(end))
             return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensors(task).repeat()))
 
         tasks = tf.constant([-1 if f.task is None else int(f.task) for f in files], tf.int64)
         dataset = (tf.data.Dataset.from_tensor_slices((paths, tasks)).flat_map(per_file)
                    .map(lambda batch, task: parse(batch[0], batch[1], name, task),
-                        num_parallel_calls=2))
+                        num_parallel_calls=PARSE_CALLS))
     # <= ~4 MiB per batch (`read_rows`); 8 let the reader run ahead while the consumer
     # encodes and writes (~5% faster pass 2 than 2 here).
-    return dataset.prefetch(8).with_options(options).as_numpy_iterator()
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options).as_numpy_iterator()
 
 
 class _Suspect(Exception):
