@@ -30,7 +30,7 @@ def test_pseudo_and_seconds_tables():
     tool = _tool()
     pseudo = tool.pseudo_table({"student-1": {"before": [0.8, 0.82], "after": [0.81, None]}},
                                ["0", "1"]).splitlines()
-    assert pseudo[2] == "| student-1 | 81.00 ± 1.41 | 81.00 ± 0.00 | 81.00, — |"
+    assert pseudo[2] == "| student-1 | 81.00 ± 1.41 | 81.00 (1 seed) | 81.00, — |"
     seconds = tool.seconds_table({"main recipe": [600.0, 1200.0]}, ["0", "1"]).splitlines()
     assert seconds[2] == "| main recipe | 15.0 | 10.0, 20.0 |"
 

@@ -219,7 +219,9 @@ def _mean_std(values) -> str:
     values = np.array([v for v in values if v is not None], np.float64) * 100
     if not len(values):
         return "—"
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}"
+    if len(values) == 1:  # no spread to report from one seed
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
 def _per_seed(values, scale=100.0, digits=2) -> str:
