@@ -243,6 +243,14 @@ def write_splits(output_dir: str, indices: Mapping[str, np.ndarray],
     return files, splits
 
 
+def split_output_dir(output_dir: str) -> OutputDir:
+    """The OutputDir of the digits / Fashion-MNIST layout: train, dev and test shards in
+    `output_dir`, extra shards in `output_dir/unlabeled`."""
+    return OutputDir(output_dir, [
+        ("", shard_file_regex(["train", "dev", "test"])),
+        (UNLABELED_DIR, shard_file_regex(["extra"]))])
+
+
 def class_counts(labels: np.ndarray, num_classes: int) -> List[int]:
     """Records per class, 0-based labels -> list of K ints."""
     return np.bincount(np.asarray(labels, np.int64), minlength=num_classes).tolist()

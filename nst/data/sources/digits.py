@@ -139,9 +139,7 @@ def make_digits_dataset(output_dir: str, labels_per_class: int = 10,
     images, labels = load_digits_images()
     # Validate before touching the directory.
     indices = split_indices(labels, labels_per_class, test_fraction, dev_fraction, seed)
-    out = sources.OutputDir(output_dir, [
-        ("", sources.shard_file_regex(["train", "dev", "test"])),
-        (sources.UNLABELED_DIR, sources.shard_file_regex(["extra"]))])
+    out = sources.split_output_dir(output_dir)
     existing = out.check(args, overwrite)
     if existing is not None:
         return existing

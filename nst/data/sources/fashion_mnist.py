@@ -205,9 +205,7 @@ def make_fashion_mnist_dataset(output_dir: str, labels_per_class: int = 40, seed
     raw = load(source, source_dir, tfds_data_dir)
     # Validate before touching the directory.
     indices = split_indices(raw["train"][1], labels_per_class, seed, dev_per_class)
-    out = sources.OutputDir(output_dir, [
-        ("", sources.shard_file_regex(["train", "dev", "test"])),
-        (sources.UNLABELED_DIR, sources.shard_file_regex(["extra"]))])
+    out = sources.split_output_dir(output_dir)
     existing = out.check(args, overwrite)
     if existing is not None:
         return existing
