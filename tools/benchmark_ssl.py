@@ -102,7 +102,7 @@ def _check_ablations(names: List[str]) -> List[str]:
 
 def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str) -> Dict:
     """Runs (or resumes) one nst-pipeline run; returns its results.json."""
-    command = [sys.executable, "-m", "nst.pipeline", f"--gin_file={FLAGS_recipe()}",
+    command = [sys.executable, "-m", "nst.pipeline", f"--gin_file={_recipe()}",
                f"--run_dir={run_dir}", f"--seed={seed}"]
     command += [f"--gin_param={p}" for p in params]
     if FLAGS.quick:
@@ -119,7 +119,7 @@ def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str) -> Dict
         return json.load(f)
 
 
-def FLAGS_recipe() -> str:  # noqa: N802 (a flag-derived constant)
+def _recipe() -> str:
     return DATASETS[FLAGS.dataset].recipe
 
 
