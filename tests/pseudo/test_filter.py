@@ -628,16 +628,7 @@ def test_reduce_select_and_finalize_fail_fast_naming_missing_files(tmp_path):
         filter_lib.select_shard(config, 0, 1)
 
 
-def _files(directory):
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
-    return out
-
-
-def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
+def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch, file_tree):
     _write_pseudo(tmp_path / "in", _examples(SPEC), 2)
     reference = _config(tmp_path, "reference", num_shards=2, num_image=60, min_threshold=0.3,
                         shuffle_buffer=16)
@@ -670,7 +661,7 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
     os.remove(config.stats_path(1, 0))
     filter_lib.select_shard(config, 1, 0)
     filter_lib.finalize_stats(config)
-    got, want = _files(config.output_dir), _files(reference.output_dir)
+    got, want = file_tree(config.output_dir), file_tree(reference.output_dir)
     got.pop("data/.train-0-00000-of-00002.tmp-dead")
     assert got == want
     assert _id_counts(_output(config)) == _id_counts(_output(reference))
@@ -688,7 +679,7 @@ def _write_shard_files(directory, shards, prefix="train"):
                               records)
 
 
-def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path):
+def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path, file_tree):
     examples = _examples(SPEC)
     # Shard 1 stores no ids (derived from file and index), shard 2 is empty.
     records = [schema.encode_pseudo_labeled(e.image, e.probs, true_label=e.true_label,
@@ -711,8 +702,8 @@ def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path):
     assert stats[1] is None and stats[2] == {} and sum(stats[0].values()) > 0
     assert os.path.getmtime(config.data_path(1, 0)) == mtime
     filter_lib.finalize_stats(config)
-    assert _files(config.output_dir) == _files(reference.output_dir)
-    assert _files(os.path.join(config.output_dir, "prelim_stats")) == _files(
+    assert file_tree(config.output_dir) == file_tree(reference.output_dir)
+    assert file_tree(os.path.join(config.output_dir, "prelim_stats")) == file_tree(
         os.path.join(reference.output_dir, "prelim_stats"))
     ids = _id_counts(_output(config))
     assert {i.split(":")[0] if ":" in i else "stored" for i in ids} == {
@@ -728,7 +719,7 @@ def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path):
     assert len(filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="0,2-3",
                                                **flag_common))) == 3
     filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="1", **flag_common))
-    assert _files(tmp_path / "cli" / "data") == _files(tmp_path / "reference" / "data")
+    assert file_tree(tmp_path / "cli" / "data") == file_tree(tmp_path / "reference" / "data")
     with pytest.raises(ValueError, match="--shard_id='2-5' must name shards in"):
         filter_unlabel.run(_flag_values(only_get_stats=0, shard_id="2-5", **flag_common))
 
@@ -811,7 +802,7 @@ def test_output_records_are_the_encoded_selection_whatever_the_input_bytes(tmp_p
 
 
 @pytest.mark.slow
-def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
+def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path, file_tree):
     """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
     its data file publishes nothing; the rerun writes exactly an uninterrupted run's
     files (the killed process's hidden temporary is left and ignored)."""
@@ -847,9 +838,9 @@ def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
     assert [f for f in os.listdir(data) if not f.startswith(".")] == []  # nothing published
     subprocess.run(command, check=True, env=env, capture_output=True)
     filter_lib.finalize_stats(config)
-    got = {name: data for name, data in _files(config.output_dir).items()
+    got = {name: data for name, data in file_tree(config.output_dir).items()
            if not os.path.basename(name).startswith(".")}
-    assert got == _files(reference.output_dir)
+    assert got == file_tree(reference.output_dir)
 
 
 # --------------------------------------------------------------------------- binary

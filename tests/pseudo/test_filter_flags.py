@@ -147,15 +147,6 @@ def _config(tmp_path, name, **kw):
                                    output_dir=str(tmp_path / name), num_label_classes=K, **kw)
 
 
-def _files(directory):
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
-    return out
-
-
 def _steps_one_by_one(config):
     """The four steps as separate per-shard calls (the pipeline's former loop)."""
     for task in range(config.total_replicas):
@@ -168,7 +159,7 @@ def _steps_one_by_one(config):
     return filter_lib.finalize_stats(config)
 
 
-def test_run_all_and_the_pipeline_stage_write_the_step_by_step_files(tmp_path):
+def test_run_all_and_the_pipeline_stage_write_the_step_by_step_files(tmp_path, file_tree):
     _write_inputs(tmp_path / "in", 3)
     settings = dict(num_shards=3, num_image=60, min_threshold=0.3)
     reference = _config(tmp_path, "reference", **settings)
@@ -176,14 +167,14 @@ def test_run_all_and_the_pipeline_stage_write_the_step_by_step_files(tmp_path):
     config = _config(tmp_path, "all", **settings)
     filter_lib.write_shard_histogram(config, 1, 0)  # a shard done earlier is kept
     assert filter_lib.run_all(config) == final
-    assert _files(config.output_dir) == _files(reference.output_dir)
+    assert file_tree(config.output_dir) == file_tree(reference.output_dir)
     assert filter_lib.run_all(config) == final  # everything done: nothing redone
 
     stage_config = _config(tmp_path, "stage", **settings)
     stage = pc.Stage("filter-1", "filter", 1, stage_config.output_dir,
                      filter_config=stage_config)
     summary = pipeline._run_filter(stage)["pseudo_labels"]
-    assert _files(stage_config.output_dir) == _files(reference.output_dir)
+    assert file_tree(stage_config.output_dir) == file_tree(reference.output_dir)
     by_dir = report.pseudo_label_summary(reference.output_dir)
     assert {k: v for k, v in summary.items() if k != "accuracy"} == dict(
         by_dir, filter_output_dir=stage_config.output_dir,
