@@ -44,7 +44,9 @@ def test_synthetic_records_are_valid_pseudo_labelled_records(bench, tmp_path):
 def test_all_parts_at_tiny_sizes(bench, tmp_path):
     tmp = str(tmp_path)
     r = bench.predict_rates(tmp, 32, 64, 32, width=0.25, depth=0.25, repeats=1)
-    assert _positive(r["cold"], r["slice"], r["ours"], r["reference"], r["ratio"])
+    assert _positive(r["cold"], r["job"], r["ours"], r["in_job"], r["reference"], r["ratio"],
+                     r["job_ratio"])
+    assert r["job_setup"] >= 0 and r["slice_setup"] >= 0
     assert r["traces"] == 1  # the padded last batch does not retrace
     table = bench.predict_table([r])
     assert table.count("\n") == 2 and "predict_on_batch" in table

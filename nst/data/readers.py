@@ -36,7 +36,7 @@ warning and counted in a `SkippedRecords` the caller passes in and reads after i
 
 import concurrent.futures
 import threading
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -147,13 +147,16 @@ class SkippedRecords:
     """Tally of records dropped by `skip_corrupt=True`; read `count` after iterating.
 
     Thread-safe, accumulates over every dataset and iteration it is passed to. `first`
-    keeps (file, index, reason) of the first `max_kept` skipped records.
+    keeps (file, index, reason) of the first `max_kept` skipped records; `indices(file)`
+    every skipped index of a file (one int each: bad records are few, and a consumer
+    needs them to tell a skipped record from a lost one).
     """
 
     def __init__(self, max_kept: int = 100):
         self.max_kept = max_kept
         self.first: List[Tuple[str, int, str]] = []
         self._count = 0
+        self._indices: Dict[str, List[int]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -166,12 +169,18 @@ class SkippedRecords:
         with self._lock:
             self._count += 1
             count = self._count
+            self._indices.setdefault(file, []).append(index)
             if len(self.first) < self.max_kept:
                 self.first.append((file, index, reason))
         if count <= self.max_kept or count % 1000 == 0:
             logging.warning("Skipping bad record %d of %s: %s (%d skipped so far)",
                             index, file, reason, count)
         return count
+
+    def indices(self, file: str) -> List[int]:
+        """Record indices skipped in `file` so far (as the reader names the file)."""
+        with self._lock:
+            return list(self._indices.get(file, ()))
 
     def _record_tensors(self, files, indices, reasons) -> np.int64:
         """py_function body: counts the records of [n] tensors; returns the running count."""

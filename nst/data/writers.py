@@ -92,6 +92,18 @@ def temporary_path(path: str) -> str:
     return fileio.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
 
 
+def remove_temporaries(path: str) -> int:
+    """Deletes the temporaries of `path` that a killed writer left (`temporary_path`
+    names); returns how many. Only for outputs that one job owns: it would also delete
+    the temporary of a writer of `path` that is still running."""
+    directory, name = fileio.split(path)
+    stale = tf.io.gfile.glob(fileio.join(directory, f".{name}.tmp-*"))
+    for tmp in stale:
+        logging.info("Removing %s, left by an earlier run", tmp)
+        tf.io.gfile.remove(tmp)
+    return len(stale)
+
+
 # --------------------------------------------------------------------------- writing
 
 

@@ -25,10 +25,14 @@ last batch is padded to the full size and the padding dropped, so shapes stay st
 and every record gets exactly one prediction. Ids travel with the images on the host, so a
 prediction is never matched to an image by position.
 
-Every output file is written atomically; a slice whose outputs all exist is finished and
-skipped on a re-run, any other slice is redone from scratch. The number of predictions
-must equal the slice's record count (the info file's, when one exists, as in the
-original) or nothing is published.
+A job reads all its slices through one input pipeline, file after file, so the reader's
+set-up (~1-2 s of tracing and graph rewrites) is paid once per job and not per shard.
+Every output file is written atomically, and a slice is published as soon as its last
+record is written; a slice whose outputs all exist is finished and skipped on a re-run,
+any other slice is redone from scratch (temporaries a killed run left are removed). The
+rows of a slice must be its records in file order with no gap that `--skip_corrupt` did
+not make, and their number must equal the info file's count when one exists (as in the
+original), or nothing of the slice is published.
 """
 
 import dataclasses
@@ -190,19 +194,26 @@ class Predictor:
         return self._run(distributed).numpy()[:n]
 
 
-def _slice_dataset(s: Slice, record_format: str, num_classes: int, view: ip.ViewConfig,
-                   batch_size: int, skip_corrupt: bool, skipped, check_images: bool):
+def _job_dataset(files: List[str], replicas: int, worker: int, record_format: str,
+                 num_classes: int, view: ip.ViewConfig, batch_size: int, skip_corrupt: bool,
+                 skipped, check_images: bool) -> tf.data.Dataset:
+    """Batches of the job's slices, read one file after the other through one pipeline.
+
+    Building a reader and its iterator costs ~1-2 s here (tracing, graph rewrites), so a
+    job builds it once, not once per slice. A batch may end in one file and go on in the
+    next: rows carry their `file` and `index`, and the caller splits on `file`.
+    """
     records = readers.read_examples(
-        s.input_path, record_format, num_classes, decode_images=check_images,
-        skip_corrupt=skip_corrupt, skipped=skipped, deterministic=True)
-    if s.replicas > 1:
-        records = records.filter(
-            lambda r: tf.equal(r["index"] % s.replicas, s.worker))
+        files, record_format, num_classes, decode_images=check_images,
+        skip_corrupt=skip_corrupt, skipped=skipped, deterministic=True, cycle_length=1)
+    if replicas > 1:
+        records = records.filter(lambda r: tf.equal(r["index"] % replicas, worker))
 
     def make(record):
         pixels = view.eval(preprocess.decode_image(record["image"]))
         return {"pixels": pixels, "image": record["image"], "id": record["id"],
-                "index": record["index"], "true_label": record["true_label"]}
+                "index": record["index"], "file": record["file"],
+                "true_label": record["true_label"]}
 
     return (records.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size).prefetch(2))
@@ -221,18 +232,15 @@ def count_slice(s: Slice) -> int:
                          f"file. {e.message}") from None
 
 
-def _expected_count(s: Slice) -> int:
-    if s.info_path and tf.io.gfile.exists(s.info_path):
-        # Trusted, as in the original: recounting a 2M-image shard costs a full read.
-        try:
-            return int(fileio.read_json(s.info_path)["image_num"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"Info file {s.info_path} is not {{\"image_num\": N}}: {e}") from None
-    count = count_slice(s)
-    if s.info_path:
-        tf.io.gfile.makedirs(os.path.dirname(s.info_path))
-        fileio.atomic_write_json(s.info_path, {"image_num": count})
-    return count
+def _info_count(s: Slice) -> Optional[int]:
+    """The slice's count from its info file (trusted, as in the original: recounting a
+    2M-image shard costs a full read), or None without one."""
+    if not (s.info_path and tf.io.gfile.exists(s.info_path)):
+        return None
+    try:
+        return int(fileio.read_json(s.info_path)["image_num"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"Info file {s.info_path} is not {{\"image_num\": N}}: {e}") from None
 
 
 def _jpeg(image: bytes) -> bytes:
@@ -264,91 +272,180 @@ class _Samples:
         self.written += 1
 
 
-def predict_slice(s: Slice, predictor: Predictor, config: config_lib.ExperimentConfig,
-                  view: ip.ViewConfig) -> Dict:
-    """Predicts one slice and publishes its outputs; returns a summary dict."""
-    if all(tf.io.gfile.exists(p) for p in s.outputs):
-        logging.info("Shard %d worker %d: %s exists, skipped", s.shard, s.worker,
-                     s.output_path)
+class _SliceOutput:
+    """The outputs of one slice while its rows arrive: written to temporary files,
+    published by `finish` only when the rows are the whole slice."""
+
+    def __init__(self, s: Slice, file: str, config: config_lib.ExperimentConfig):
+        self.slice, self.file = s, file  # file: the slice's input as the reader names it
+        self.start = self.last_log = time.time()
+        self.written = 0
+        self.next_index = s.worker if s.replicas > 1 else 0
+        self.expected = _info_count(s) if not config.reassign_label else None
+        self.samples = None
+        if config.reassign_label and config.num_sample_images > 0:
+            # The draw rate needs the count before the first row.
+            rate = config.num_sample_images / max(count_slice(s) * config.num_shards, 1)
+            self.samples = _Samples(config.output_dir, s.shard, rate, config.seed)
+        tf.io.gfile.makedirs(os.path.dirname(s.output_path))
+        for path in s.outputs:  # a killed run's partial files
+            writers.remove_temporaries(path)
+        self.writers = [writers.ShardWriter(p) for p in s.outputs]
+        for w in self.writers:
+            w.open()
+
+    def write(self, batch, probabilities, labels, rows: range, encode, skipped):
+        s, indices = self.slice, batch["index"]
+        for i in rows:
+            index = int(indices[i])
+            if index != self.next_index:
+                self._check_gap(index, skipped)
+            self.next_index = index + s.replicas
+            image_id = batch["id"][i].decode("utf-8")
+            true_label = int(batch["true_label"][i])
+            self.writers[0].write(encode(
+                batch["image"][i], probabilities[i], int(labels[i]),
+                true_label if true_label >= 0 else None, image_id))
+            if s.train_info_path:
+                self.writers[1].write(schema.encode_prediction(
+                    probabilities[i], classes=int(labels[i]), image_id=image_id))
+            if self.samples is not None:
+                self.samples.maybe_write(image_id, index, int(labels[i]),
+                                         float(probabilities[i, labels[i]]), batch["image"][i])
+        self.written += len(rows)
+        if time.time() - self.last_log > LOG_EVERY_SECONDS:
+            self.last_log = time.time()
+            rate = self.written / (self.last_log - self.start)
+            logging.info("shard %d: %d%s images (%.0f img/s)", s.shard, self.written,
+                         f"/{self.expected}" if self.expected is not None else "", rate)
+
+    def _check_gap(self, index: int, skipped):
+        # Records of a slice arrive in file order; a gap is only allowed where
+        # skip_corrupt dropped every record in it.
+        s = self.slice
+        missing = range(self.next_index, index, s.replicas)
+        dropped = set(skipped.indices(self.file)) if skipped is not None else set()
+        if index < self.next_index or not set(missing) <= dropped:
+            raise ValueError(
+                f"{s.input_path}: record {index} came where record {self.next_index} "
+                f"was due (slice {s.worker} of {s.replicas}); records are missing or out "
+                f"of order; nothing was published")
+
+    def finish(self, skipped) -> Dict:
+        s = self.slice
+        num_skipped = 0
+        if skipped is not None:
+            num_skipped = sum(1 for i in skipped.indices(self.file)
+                              if i % s.replicas == s.worker % s.replicas)
+        if self.expected is not None and self.written + num_skipped != self.expected:
+            raise ValueError(
+                f"Count mismatch for shard {s.shard}, worker {s.worker}: {self.written} "
+                f"predictions (+{num_skipped} skipped corrupt records) but the info file "
+                f"{s.info_path} says {self.expected} records"
+                f"{'' if s.replicas == 1 else f' in slice {s.worker} of {s.replicas}'}; "
+                f"nothing was published")
+        for w in self.writers:
+            w.close()
+        if s.info_path and self.expected is None:
+            tf.io.gfile.makedirs(os.path.dirname(s.info_path))
+            fileio.atomic_write_json(s.info_path, {"image_num": self.written + num_skipped})
+        if num_skipped:
+            logging.warning("Shard %d: skipped %d corrupt records of %s", s.shard,
+                            num_skipped, s.input_path)
+        elapsed = time.time() - self.start
+        logging.info("Shard %d worker %d: %d predictions -> %s (%.0f img/s)", s.shard,
+                     s.worker, self.written, s.output_path, self.written / max(elapsed, 1e-9))
         return {"shard": s.shard, "worker": s.worker, "output": s.output_path,
-                "skipped": True}
-    if not tf.io.gfile.exists(s.input_path):
-        raise FileNotFoundError(f"Input shard {s.input_path} does not exist (--label_data_dir, "
-                                f"--file_prefix, --num_shards, --shard_id)")
-    reassign = config.reassign_label
-    expected = count_slice(s) if reassign else _expected_count(s)
+                "skipped": False, "num_records": self.written, "num_skipped": num_skipped,
+                "num_samples": self.samples.written if self.samples else 0}
+
+    def abort(self):
+        for w in self.writers:
+            w.abort()
+
+
+def predict_slices(slices: List[Slice], predictor: Predictor,
+                   config: config_lib.ExperimentConfig, view: ip.ViewConfig) -> List[Dict]:
+    """Predicts the slices of one job and publishes each slice's outputs as soon as it
+    is complete; returns one summary per slice, in the order of `slices`.
+
+    A slice whose outputs all exist is skipped; the others are read through one input
+    pipeline (`_job_dataset`). On an error the slices published so far stay, the one in
+    progress publishes nothing.
+    """
+    summaries: Dict[int, Dict] = {}
+    todo = []
+    for n, s in enumerate(slices):
+        if all(tf.io.gfile.exists(p) for p in s.outputs):
+            logging.info("Shard %d worker %d: %s exists, skipped", s.shard, s.worker,
+                         s.output_path)
+            summaries[n] = {"shard": s.shard, "worker": s.worker, "output": s.output_path,
+                            "skipped": True}
+        elif not tf.io.gfile.exists(s.input_path):
+            raise FileNotFoundError(f"Input shard {s.input_path} does not exist "
+                                    f"(--label_data_dir, --file_prefix, --num_shards, "
+                                    f"--shard_id)")
+        else:
+            todo.append(n)
+    if not todo:
+        return [summaries[n] for n in range(len(slices))]
+
+    # The reader yields its files in sorted order and names each row's file as listed.
+    files = readers.list_files([slices[n].input_path for n in todo])
+    by_path = {os.path.normpath(slices[n].input_path): n for n in todo}
+    order = [by_path[os.path.normpath(f)] for f in files]
+    file_of = dict(zip(order, files))
+    names = {n: f.encode("utf-8") for n, f in file_of.items()}  # as rows carry them
+    replicas, worker = slices[todo[0]].replicas, slices[todo[0]].worker
     skipped = readers.SkippedRecords() if config.skip_corrupt else None
-    record_format = "pseudo_labeled" if reassign else "unlabeled"
-    samples = None
-    if reassign and config.num_sample_images > 0:
-        rate = config.num_sample_images / max(expected * config.num_shards, 1)
-        samples = _Samples(config.output_dir, s.shard, rate, config.seed)
-    tf.io.gfile.makedirs(os.path.dirname(s.output_path))
-    writers_ = [writers.ShardWriter(p) for p in s.outputs]
-    for w in writers_:
-        w.open()
-    written, start, last_log = 0, time.time(), time.time()
-    num_classes = config.num_label_classes
+    record_format = "pseudo_labeled" if config.reassign_label else "unlabeled"
     encode = wire.PseudoLabeledEncoder()  # = schema.encode_pseudo_labeled, ~10x faster
+    dataset = _job_dataset(files, replicas, worker, record_format, config.num_label_classes,
+                           view, predictor.batch_size, config.skip_corrupt, skipped,
+                           check_images=config.skip_corrupt)
+    pending = list(order)
+
+    def start_next():
+        return _SliceOutput(slices[pending[0]], file_of[pending[0]], config)
+
+    active = start_next()
     try:
-        dataset = _slice_dataset(s, record_format, num_classes, view, predictor.batch_size,
-                                 config.skip_corrupt, skipped, check_images=config.skip_corrupt)
         try:
             for batch in dataset.as_numpy_iterator():
                 probabilities = np.ascontiguousarray(predictor(batch["pixels"]), "<f4")
                 labels = probabilities.argmax(axis=1)
-                for i in range(len(labels)):
-                    image_id = batch["id"][i].decode("utf-8")
-                    true_label = int(batch["true_label"][i])
-                    writers_[0].write(encode(
-                        batch["image"][i], probabilities[i], int(labels[i]),
-                        true_label if true_label >= 0 else None, image_id))
-                    if s.train_info_path:
-                        writers_[1].write(schema.encode_prediction(
-                            probabilities[i], classes=int(labels[i]), image_id=image_id))
-                    if samples is not None:
-                        samples.maybe_write(image_id, int(batch["index"][i]), int(labels[i]),
-                                            float(probabilities[i, labels[i]]),
-                                            batch["image"][i])
-                written += len(labels)
-                if time.time() - last_log > LOG_EVERY_SECONDS:
-                    last_log = time.time()
-                    rate = written / (last_log - start)
-                    logging.info("shard %d: %d/%d images (%.0f img/s, ETA %.0f s)", s.shard,
-                                 written, expected, rate, (expected - written) / max(rate, 1e-9))
+                row, n = 0, len(labels)
+                while row < n:
+                    while batch["file"][row] != names[pending[0]]:
+                        summaries[pending.pop(0)] = active.finish(skipped)
+                        if not pending:
+                            raise RuntimeError(f"the reader gave a row of {batch['file'][row]!r},"
+                                               f" which is not a file of this job")
+                        active = start_next()
+                    end = row + 1
+                    while end < n and batch["file"][end] == batch["file"][row]:
+                        end += 1
+                    active.write(batch, probabilities, labels, range(row, end), encode,
+                                 skipped)
+                    row = end
         except tf.errors.InvalidArgumentError:
             if config.skip_corrupt:
                 raise
             # An image that does not decode fails the batched map without saying which
-            # record; one checking pass names it (and raises).
-            for _ in readers.read_examples(s.input_path, record_format, num_classes,
+            # record; one checking pass over the files not yet done names it (and raises).
+            for _ in readers.read_examples([slices[p].input_path for p in pending],
+                                           record_format, config.num_label_classes,
                                            decode_images=True):
                 pass
             raise
-        num_skipped = skipped.count if skipped is not None else 0
-        if written + num_skipped != expected:
-            where = f"the info file {s.info_path}" if (s.info_path and not reassign) else \
-                f"{s.input_path}"
-            raise ValueError(
-                f"Count mismatch for shard {s.shard}, worker {s.worker}: {written} predictions "
-                f"(+{num_skipped} skipped corrupt records) but {where} says {expected} records"
-                f"{'' if s.replicas == 1 else f' in slice {s.worker} of {s.replicas}'}; "
-                f"nothing was published")
-        for w in writers_:
-            w.close()
+        summaries[pending.pop(0)] = active.finish(skipped)
+        while pending:  # files with no record of this slice
+            active = start_next()
+            summaries[pending.pop(0)] = active.finish(skipped)
     except BaseException:
-        for w in writers_:
-            w.abort()
+        active.abort()
         raise
-    if num_skipped:
-        logging.warning("Shard %d: skipped %d corrupt records of %s: %s", s.shard,
-                        num_skipped, s.input_path, skipped)
-    elapsed = time.time() - start
-    logging.info("Shard %d worker %d: %d predictions -> %s (%.0f img/s)", s.shard, s.worker,
-                 written, s.output_path, written / max(elapsed, 1e-9))
-    return {"shard": s.shard, "worker": s.worker, "output": s.output_path, "skipped": False,
-            "num_records": written, "num_skipped": num_skipped,
-            "num_samples": samples.written if samples else 0}
+    return [summaries[n] for n in range(len(slices))]
 
 
 def run_prediction(config: config_lib.ExperimentConfig, strategy=None) -> List[Dict]:
@@ -362,4 +459,4 @@ def run_prediction(config: config_lib.ExperimentConfig, strategy=None) -> List[D
     predictor = Predictor(model, config.predict_batch_size, strategy)
     view = ip.ViewConfig(image_size=model.image_size, small_image=config.small_image_model)
     tf.io.gfile.makedirs(config.output_dir)
-    return [predict_slice(s, predictor, config, view) for s in slices]
+    return predict_slices(slices, predictor, config, view)

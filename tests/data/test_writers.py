@@ -70,6 +70,19 @@ def test_temporary_file_is_hidden_and_in_the_same_directory(tmp_path):
     assert os.listdir(tmp_path) == ["train-00000-of-00001"]
 
 
+
+def test_remove_temporaries_deletes_only_the_paths_own_leftovers(tmp_path):
+    path = str(tmp_path / "extra-00000-of-00002")
+    mine = [writers.temporary_path(path) for _ in range(2)]
+    other = writers.temporary_path(str(tmp_path / "extra-00001-of-00002"))
+    for f in mine + [other, path]:
+        open(f, "wb").close()
+    assert writers.remove_temporaries(path) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(other), "extra-00000-of-00002"])
+    assert writers.remove_temporaries(path) == 0
+
+
 def test_failure_inside_the_writer_leaves_no_final_and_no_temporary_file(tmp_path):
     path = str(tmp_path / "train-00000-of-00001")
     with pytest.raises(RuntimeError, match="boom"):

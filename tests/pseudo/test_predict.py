@@ -417,3 +417,84 @@ def test_worker_files_feed_the_filter_with_the_same_slices(data_dir, teacher_dir
         outputs.append(collections.Counter(
             r["id"] for r in _read(os.path.join(config.output_dir, "data", "*"))))
     assert outputs[0] == outputs[1] and sum(outputs[0].values()) > 0
+
+
+# --------------------------------------------------------------------------- one pipeline per job
+
+
+def test_one_job_splits_batches_at_file_ends_and_publishes_empty_slices(teacher_dir, tmp_path):
+    """Shards of 5, 0 and 11 records at batch 4: batches span files, the empty shard
+    still gets its (empty) output, and each output holds its own shard's ids in order."""
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = [5, 0, 11]
+    for shard, n in enumerate(sizes):
+        writers.write_records(str(data / writers.shard_name("extra", shard, 3)),
+                              [schema.encode_unlabeled(_jpeg(rng), image_id=f"s{shard}-{i}")
+                               for i in range(n)])
+    config = _config(str(data), teacher_dir, tmp_path / "out", predict_batch_size=4)
+    summaries = main.run(config)
+    assert [s["num_records"] for s in summaries] == sizes
+    for shard, (summary, n) in enumerate(zip(summaries, sizes)):
+        assert [r["id"] for r in _read(summary["output"])] == [
+            f"s{shard}-{i}".encode() for i in range(n)]
+
+
+def test_a_failing_slice_keeps_the_finished_ones(data_dir, teacher_dir, tmp_path):
+    info = tmp_path / "info"
+    info.mkdir()
+    (info / writers.info_name(1, NUM_SHARDS, 0)).write_text('{"image_num": 12}')
+    config = _config(data_dir, teacher_dir, tmp_path / "out", info_dir=str(info))
+    with pytest.raises(ValueError, match=r"Count mismatch for shard 1.*13 predictions"):
+        main.run(config)
+    assert sorted(os.listdir(tmp_path / "out")) == [writers.shard_name("extra", 0, NUM_SHARDS)]
+    # The info file of the shard that was counted is written from its records.
+    assert json.loads((info / writers.info_name(0, NUM_SHARDS, 0)).read_text()) == {
+        "image_num": PER_SHARD}
+
+
+def test_a_killed_runs_temporary_file_is_removed(data_dir, teacher_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    name = writers.shard_name("extra", 0, NUM_SHARDS)
+    (out / f".{name}.tmp-0123abcd").write_bytes(b"partial")
+    main.run(_config(data_dir, teacher_dir, out, shard_id="0"))
+    assert os.listdir(out) == [name]
+
+
+def _rows(indices):
+    n = len(indices)
+    return {"index": np.array(indices, np.int64), "id": [f"r{i}".encode() for i in indices],
+            "true_label": np.full(n, -1), "image": [b"x"] * n}
+
+
+def test_rows_missing_from_a_slice_are_an_error_unless_skipped(tmp_path):
+    s = predict.Slice(0, 1, "in/extra-00000-of-00001", str(tmp_path / "out" / "o"), None, None,
+                      replicas=2)
+    config = config_lib.ExperimentConfig(output_dir=str(tmp_path / "out"))
+    probabilities, labels = np.full((3, 2), 0.5, np.float32), np.zeros(3, np.int64)
+
+    def write(indices, skipped):
+        output = predict._SliceOutput(s, s.input_path, config)
+        try:
+            output.write(_rows(indices), probabilities, labels, range(len(indices)),
+                         lambda *args: b"record", skipped)
+            return output.finish(skipped)
+        finally:
+            output.abort()
+
+    # Slice 1 of 2 holds the records 1, 3, 5, ... of the file.
+    assert write([1, 3, 5], None)["num_records"] == 3
+    with pytest.raises(ValueError, match=r"in/extra-00000-of-00001: record 5 came where "
+                                         r"record 3 was due \(slice 1 of 2\)"):
+        write([1, 5], None)
+    with pytest.raises(ValueError, match="record 3 came where record 1 was due"):
+        write([3, 1], None)
+    with pytest.raises(ValueError, match="record 3 came where record 5 was due"):
+        write([1, 3, 3], None)
+    skipped = readers.SkippedRecords()
+    skipped.record(s.input_path, 3, "bad image")
+    skipped.record(s.input_path, 4, "bad image")  # another slice's record
+    summary = write([1, 5, 7], skipped)
+    assert summary["num_records"] == 3 and summary["num_skipped"] == 1
