@@ -191,9 +191,14 @@ def results_for_report(pipeline: pc.PipelineConfig, stages: List[Stage],
             "config": dataclasses.asdict(pipeline), "stages": entries}
 
 
-def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = False) -> Dict:
-    """Runs (or only writes the commands of) every unfinished stage; returns results."""
+def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = False,
+        until: Optional[str] = None) -> Dict:
+    """Runs (or only writes the commands of) every unfinished stage, or those up to and
+    including the stage named `until`; returns results."""
     from nst import report
+    names = [stage.name for stage in stages]
+    if until is not None and until not in names:
+        raise ValueError(f"--until={until}: no such stage; the stages are {names}")
     run_dir = pipeline.run_dir
     write_stage_configs(stages, run_dir)
     commands = write_commands(stages, run_dir)
@@ -206,12 +211,17 @@ def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = Fals
         if stage.is_done():
             summaries[stage.name] = fileio.read_json(stage.done_path)
             logging.info("[%d/%d] %s: done earlier, skipped", number, len(stages), stage.name)
+            if stage.name == until:
+                break
             continue
         logging.info("[%d/%d] %s (%s) -> %s   (%.0f s into this run)", number, len(stages),
                      stage.name, stage.kind, stage.directory, time.time() - start)
         summaries[stage.name] = run_stage(stage, run_dir)
         if stage.kind in ("train", "filter"):
             report.write_report(run_dir, results_for_report(pipeline, stages, summaries))
+        if stage.name == until:
+            logging.info("Stopping after %s (--until)", until)
+            break
     results = results_for_report(pipeline, stages, summaries)
     written = report.write_report(run_dir, results)
     logging.info("Done in %.0f s. %s", time.time() - start, report.verdict(results["stages"]))
@@ -237,6 +247,8 @@ def define_flags():
                       "predict/filter stages (default: PipelineConfig.online_teacher).")
     flags.DEFINE_bool("overwrite", False, "Delete a run directory made with other settings "
                       "and start afresh.")
+    flags.DEFINE_string("until", None, "Run the stages up to and including this one "
+                        "(e.g. 'teacher') and stop; a later run without it goes on.")
     flags.DEFINE_bool("emit_commands", False, "Only write configs/ and commands.sh (one "
                       "command per stage and shard, for a cluster) and exit.")
 
@@ -251,11 +263,14 @@ def main(argv):
         gin_files.append(pc.QUICK_GIN_FILE)
     try:
         pipeline, stages = pc.plan(gin_files, FLAGS.gin_param, overrides)
+        if FLAGS.until is not None and FLAGS.until not in [s.name for s in stages]:
+            raise ValueError(f"--until={FLAGS.until}: no such stage; the stages are "
+                             f"{[s.name for s in stages]}")
         pc.prepare_run_dir(pipeline, stages, overwrite=FLAGS.overwrite)
     except (ValueError, FileNotFoundError) as e:
         logging.error("%s", e)
         sys.exit(1)
-    run(pipeline, stages, emit_only=FLAGS.emit_commands)
+    run(pipeline, stages, emit_only=FLAGS.emit_commands, until=FLAGS.until)
 
 
 def cli():

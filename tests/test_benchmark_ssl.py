@@ -2,6 +2,7 @@
 tests/test_pipeline.py)."""
 
 import functools
+import json
 import importlib.util
 import os
 
@@ -113,3 +114,60 @@ def test_peers_run_on_a_small_split():
         assert "unknown peers ['knn']" in str(e)
     else:
         raise AssertionError("an unknown peer must be refused")
+
+
+def test_finished_runs_are_archived_and_taken_from_the_archive_on_another_machine(
+        tmp_path, monkeypatch):
+    """Runs a fake pipeline: every finished run is archived; with the work dir gone (a
+    fresh machine) the tables come from the archive without running anything, and an
+    ablation missing from the archive gets a teacher of its own (`--until=teacher`)."""
+    import shutil
+
+    tool = _tool()
+    calls = []
+
+    def fake_pipeline(run_dir, seed, params, log_path, extra_flags=()):
+        calls.append((os.path.relpath(run_dir, tmp_path / "work"), tuple(extra_flags)))
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "pipeline.json"), "w") as f:
+            json.dump({"stages": {"teacher": {"width_coefficient": 0.25}}}, f)
+        with open(os.path.join(run_dir, "stage_done.json"), "w") as f:
+            json.dump({"seconds": 60.0}, f)
+        accuracy = 0.5 + 0.1 * seed + (0.01 if "PipelineConfig.student_noise = False"
+                                       in params else 0.0)
+        return {"stages": [
+            {"name": "teacher", "iteration": 0, "model_dir": os.path.join(run_dir, "t"),
+             "metrics": {"test": {"top_1_accuracy": 0.4}}},
+            {"name": "student-1", "iteration": 1, "model_dir": os.path.join(run_dir, "s"),
+             "metrics": {"test": {"top_1_accuracy": accuracy}}, "params": params}]}
+
+    monkeypatch.setattr(tool, "_pipeline", fake_pipeline)
+    work, store = tmp_path / "work", tmp_path / "archive"
+    tool.FLAGS(["benchmark_ssl", "--dataset=digits", "--seeds=0,1", "--ablations=no_noise",
+                "--peers=false", f"--work_dir={work}", f"--archive_dir={store}",
+                f"--output={tmp_path / 'out.json'}"])
+    try:
+        tool.main([])
+        assert calls == [("seed_0/main", ()), ("seed_1/main", ()), ("seed_0/no_noise", ()),
+                         ("seed_1/no_noise", ())]
+        tables = json.load(open(tmp_path / "out.json"))["tables"]
+        assert sorted(os.listdir(store)) == [f"seed_{s}_{r}.json" for s in (0, 1)
+                                             for r in ("main", "no_noise")]
+        assert json.load(open(store / "seed_1_main.json"))["seconds"] == 60.0
+
+        calls.clear()
+        shutil.rmtree(work)
+        tool.main([])
+        assert calls == []
+        assert json.load(open(tmp_path / "out.json"))["tables"] == tables
+
+        os.remove(store / "seed_0_no_noise.json")
+        assert not work.exists()  # nothing was run or written there
+        tool.main([])
+        assert calls == [("seed_0/teacher", ("--until=teacher",)), ("seed_0/no_noise", ())]
+        params = json.load(open(store / "seed_0_no_noise.json"))["results"]["stages"][1][
+            "params"]
+        assert f"PipelineConfig.teacher_path = '{work}/seed_0/teacher/t'" in params
+        assert json.load(open(tmp_path / "out.json"))["tables"] == tables
+    finally:
+        tool.FLAGS.unparse_flags()

@@ -209,6 +209,20 @@ def _test_correct(model_dir, data_dir):
     return int((logits.argmax(axis=1) == labels).sum())
 
 
+def test_until_stops_after_the_named_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    done = subprocess.run(_command(run_dir, "--until=tacher"), cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and "--until=tacher: no such stage" in done.stderr
+    assert "'teacher'" in done.stderr and not run_dir.exists()
+    for _ in range(2):  # the second time the data stage is done and skipped
+        done = subprocess.run(_command(run_dir, "--until=data"), cwd=REPO, check=True,
+                              capture_output=True, text=True)
+        assert "Stopping after data" in done.stderr or "data: done earlier" in done.stderr
+        assert (run_dir / "data" / "stage_done.json").exists()
+        assert not (run_dir / "iteration_0" / "teacher").exists()
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"

@@ -20,6 +20,14 @@ budget still yields the main table. Every run resumes when the command is rerun;
 
 Wall time per run is the sum of its stages' own times (`seconds` in each
 stage_done.json), so it is right for resumed runs too.
+
+With `--archive_dir` every finished run (and the peers of a seed) is also stored there as
+one small JSON file (its results.json, wall time, date and commit); a run that the work
+directory lacks but the archive holds is not run again. Committed, the archive carries a
+benchmark over several machines: runs finished on one are reported on the next. An
+ablation needs its seed's teacher and data on this machine: when the main run is only in
+the archive, the recipe's data and teacher stages are run again (`nst-pipeline
+--until=teacher`, deterministic for a given seed and machine) in <work_dir>/seed_<s>/teacher.
 """
 
 import dataclasses
@@ -28,7 +36,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -90,6 +98,10 @@ flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every run (e.g. f
                           "smaller smoke run).")
 flags.DEFINE_bool("quick", False, "Use the --quick pipeline settings (tests).")
 flags.DEFINE_string("output", "", "Write the tables and raw numbers to this JSON file.")
+flags.DEFINE_string("archive_dir", "", "Copy every finished run's results (and wall time) "
+                    "here, and take a run that --work_dir lacks from here instead of "
+                    "running it again: a benchmark spread over machines resumes from a "
+                    "committed archive.")
 flags.DEFINE_string("markdown", "", "Write the tables to this Markdown file.")
 
 
@@ -100,10 +112,52 @@ def _check_ablations(names: List[str]) -> List[str]:
     return names
 
 
-def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str) -> Dict:
+def _archive_path(seed, name: str) -> str:
+    return os.path.join(FLAGS.archive_dir, f"seed_{seed}_{name}.json")
+
+
+def archived(seed, name: str) -> Optional[Dict]:
+    """{"results", "seconds", ...} of a finished run in --archive_dir, or None."""
+    if not FLAGS.archive_dir or not os.path.exists(_archive_path(seed, name)):
+        return None
+    with open(_archive_path(seed, name)) as f:
+        return json.load(f)
+
+
+def archive(seed, name: str, run_dir: str, results: Dict) -> Dict:
+    """Stores a finished run's results and wall time in --archive_dir; returns the entry."""
+    entry = {"results": results, "seconds": run_seconds(run_dir),
+             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "commit": _commit()}
+    if FLAGS.archive_dir:
+        os.makedirs(FLAGS.archive_dir, exist_ok=True)
+        fileio.atomic_write_text(_archive_path(seed, name), json.dumps(entry, indent=1))
+    return entry
+
+
+def _commit() -> Optional[str]:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _run(seed, name: str, params: List[str]) -> Dict:
+    """The archive entry of one run: taken from --archive_dir when --work_dir does not
+    hold the run, otherwise run (or resumed) and archived."""
+    run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", name)
+    entry = archived(seed, name)
+    if entry is not None and not os.path.exists(run_dir):
+        return entry
+    results = _pipeline(run_dir, int(seed), params,
+                        os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_{name}.log"))
+    return archive(seed, name, run_dir, results)
+
+
+def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str,
+              extra_flags: Sequence[str] = ()) -> Dict:
     """Runs (or resumes) one nst-pipeline run; returns its results.json."""
     command = [sys.executable, "-m", "nst.pipeline", f"--gin_file={_recipe()}",
-               f"--run_dir={run_dir}", f"--seed={seed}"]
+               f"--run_dir={run_dir}", f"--seed={seed}", *extra_flags]
     command += [f"--gin_param={p}" for p in params]
     if FLAGS.quick:
         command.append("--quick")
@@ -152,6 +206,27 @@ def run_seconds(run_dir: str) -> float:
             with open(os.path.join(root, "stage_done.json")) as f:
                 total += float(json.load(f).get("seconds", 0.0))
     return total
+
+
+def _ablation_base(seed, main_results: Dict) -> Dict:
+    """Teacher and data for the ablations of a seed: the main run's, or, when the main run
+    came from the archive (another machine), its data and teacher stages run again in
+    <work_dir>/seed_<s>/teacher (a retrained teacher; its accuracy is logged beside the
+    archived one)."""
+    main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
+    results = main_results
+    if not os.path.exists(main_dir):
+        main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "teacher")
+        results = _pipeline(main_dir, int(seed), _data_params(int(seed)) + FLAGS.gin_param,
+                            os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_teacher.log"),
+                            ["--until=teacher"])
+        print(f"seed {seed}: teacher retrained for the ablations: test top-1 "
+              f"{_top1(_stage(results, 0), 'test')} (archived main run: "
+              f"{_top1(_stage(main_results, 0), 'test')})", flush=True)
+    with open(os.path.join(main_dir, "pipeline.json")) as f:
+        teacher_width = json.load(f)["stages"]["teacher"]["width_coefficient"]
+    return {"data_dir": os.path.join(main_dir, "data"),
+            "teacher_dir": _stage(results, 0)["model_dir"], "teacher_width": teacher_width}
 
 
 def _top1(stage: Dict, split: str) -> Optional[float]:
@@ -277,12 +352,10 @@ def main(argv):
     start = time.time()
 
     for seed in seeds:  # 1. the main recipe on every seed
-        run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
-        results = _pipeline(run_dir, int(seed), _data_params(int(seed)) + FLAGS.gin_param,
-                            os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_main.log"))
-        main_results[seed] = results
-        bench.put_run(results, seed)
-        bench.put_seconds("main recipe", seed, run_seconds(run_dir))
+        entry = _run(seed, "main", _data_params(int(seed)) + FLAGS.gin_param)
+        main_results[seed] = entry["results"]
+        bench.put_run(entry["results"], seed)
+        bench.put_seconds("main recipe", seed, entry["seconds"])
         bench.save()
         print(f"[{time.time() - start:.0f} s] seed {seed}: main recipe done", flush=True)
 
@@ -290,15 +363,20 @@ def main(argv):
         from nst import peers as peers_lib
         for seed in seeds:
             path = os.path.join(FLAGS.work_dir, f"seed_{seed}", "peers.json")
+            stored = archived(seed, "peers")
             if os.path.exists(path):
                 with open(path) as f:
                     fitted = json.load(f)
+            elif stored is not None:
+                fitted = stored["results"]
             else:
                 data = peers_lib.load_run_data(
                     os.path.join(FLAGS.work_dir, f"seed_{seed}", "main", "data"),
                     num_classes=10, crop=dataset.crop)
                 fitted = peers_lib.fit_peers(data, seed=int(seed))
                 fileio.atomic_write_text(path, json.dumps(fitted, indent=2))
+            if FLAGS.archive_dir and stored is None:
+                archive(seed, "peers", "", fitted)
             for name, result in fitted.items():
                 bench.put(peers_lib.NAMES[name], seed, result["test"], result["dev"])
                 bench.peer_params.setdefault(name, []).append(result["param"])
@@ -306,20 +384,18 @@ def main(argv):
             print(f"[{time.time() - start:.0f} s] seed {seed}: peers done", flush=True)
 
     for seed in ablation_seeds:  # 3. ablations of student 1
-        main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
-        teacher = _stage(main_results[seed], 0)
-        with open(os.path.join(main_dir, "pipeline.json")) as f:
-            teacher_width = json.load(f)["stages"]["teacher"]["width_coefficient"]
+        base = None  # the run whose teacher and data the ablations share
         for name in ablations:
             label = ABLATIONS[name][0]
-            run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", name)
-            params = _data_params(int(seed)) + ablation_params(
-                name, os.path.join(main_dir, "data"), teacher["model_dir"], teacher_width)
-            results = _pipeline(run_dir, int(seed), params + FLAGS.gin_param,
-                                os.path.join(FLAGS.work_dir, "logs",
-                                             f"seed_{seed}_{name}.log"))
-            bench.put_run(results, seed, only_iteration=1, label=label)
-            bench.put_seconds(label, seed, run_seconds(run_dir))
+            entry = archived(seed, name)
+            if entry is None or os.path.exists(
+                    os.path.join(FLAGS.work_dir, f"seed_{seed}", name)):
+                base = base or _ablation_base(seed, main_results[seed])
+                entry = _run(seed, name, _data_params(int(seed)) + ablation_params(
+                    name, base["data_dir"], base["teacher_dir"], base["teacher_width"])
+                    + FLAGS.gin_param)
+            bench.put_run(entry["results"], seed, only_iteration=1, label=label)
+            bench.put_seconds(label, seed, entry["seconds"])
             bench.save()
             print(f"[{time.time() - start:.0f} s] seed {seed}: {name} done", flush=True)
 
