@@ -51,6 +51,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from nst.data import writers  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.pseudo import filter_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -59,10 +60,10 @@ HISTOGRAM, REDUCE, SELECT, FINALIZE = 1, 2, 0, 3
 
 def define_flags(flag_values=FLAGS):
     """Registers the flags on `flag_values` (skipping names another tool already defined):
-    one per `FilterConfig` field (`filter_lib.define_flags`: names, types, defaults and
-    help kept beside the dataclass) plus this binary's own --shard_id, --task and
+    one per `FilterConfig` field (`filter_config.define_flags`: names, types, defaults
+    and help kept beside the dataclass) plus this binary's own --shard_id, --task and
     --only_get_stats."""
-    filter_lib.define_flags(flag_values)
+    filter_config.define_flags(flag_values)
 
     def define(kind, name, default, help_text, **kwargs):
         if name not in flag_values:
@@ -78,8 +79,8 @@ def define_flags(flag_values=FLAGS):
            lower_bound=0, upper_bound=3)
 
 
-def config_from_flags(flag_values=FLAGS) -> filter_lib.FilterConfig:
-    return filter_lib.config_from_flags(flag_values)
+def config_from_flags(flag_values=FLAGS) -> filter_config.FilterConfig:
+    return filter_config.config_from_flags(flag_values)
 
 
 def run(flag_values=FLAGS):

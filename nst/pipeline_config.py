@@ -31,7 +31,7 @@ from nst.data.sources import digits
 from nst.data.sources import fashion_mnist
 from nst.models import config as model_config
 from nst.models import flops
-from nst.pseudo import filter as filter_lib
+from nst.pseudo.filter_config import FilterConfig
 from nst.recipes import resolve_gin_file  # noqa: F401  (re-exported: the one resolver)
 
 DEFAULT_GIN_FILE = "digits/noisy_student.gin"
@@ -58,7 +58,7 @@ class Stage:
     iteration: int
     directory: str
     settings: Optional[config_lib.ExperimentConfig] = None
-    filter_config: Optional[filter_lib.FilterConfig] = None
+    filter_config: Optional[FilterConfig] = None
     data_args: Optional[Dict] = None
     role: str = ""  # train: teacher | student | finetune
 
@@ -239,7 +239,7 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                 teacher_model_name=None, teacher_model_path=None, model_dir=None)
             stages.append(Stage(f"predict-{i}", "predict", i, predictions, settings=predict))
             stages.append(Stage(f"filter-{i}", "filter", i, filtered,
-                                filter_config=filter_lib.FilterConfig(
+                                filter_config=FilterConfig(
                                     input_dir=predictions, output_dir=filtered,
                                     file_prefix=pipeline.unlabeled_prefix,
                                     num_shards=num_shards, num_label_classes=num_classes,

@@ -43,6 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from nst import fileio, filter_unlabel  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.pseudo import filter_config  # noqa: E402
 from nst.pseudo import histogram as hist_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -60,7 +61,7 @@ class ShardHistogramFn(beam.DoFn):
     redo the shard), which is also what the local reduce sums.
     """
 
-    def __init__(self, config: filter_lib.FilterConfig):
+    def __init__(self, config: filter_config.FilterConfig):
         self._config = config
         self._images = beam.metrics.Metrics.counter(_METRICS, "histogram_images")
 
@@ -98,7 +99,7 @@ class SumHistograms(beam.CombineFn):
         return accumulator
 
 
-def _publish(total: np.ndarray, config: filter_lib.FilterConfig) -> Dict:
+def _publish(total: np.ndarray, config: filter_config.FilterConfig) -> Dict:
     """The combined histogram -> the reduce step's files, exactly as the local reduce
     writes them; returns threshold.json's content {"<class>": [threshold, total]}."""
     return filter_lib.publish_thresholds(config, total).to_json()
@@ -111,7 +112,7 @@ class SelectShardFn(beam.DoFn):
     """(shard, task), side input threshold.json content -> (shard, task) once its data file
     and stats/stats_<shard>_<task>.json are written (`filter.select_shard`)."""
 
-    def __init__(self, config: filter_lib.FilterConfig):
+    def __init__(self, config: filter_config.FilterConfig):
         self._config = config
         self._records = beam.metrics.Metrics.counter(_METRICS, "records_written")
         self._skipped = beam.metrics.Metrics.counter(_METRICS, "shards_already_selected")
@@ -129,7 +130,7 @@ class SelectShardFn(beam.DoFn):
         yield key
 
 
-def _finalize(num_selected: int, config: filter_lib.FilterConfig) -> Dict:
+def _finalize(num_selected: int, config: filter_config.FilterConfig) -> Dict:
     expected = config.num_shards * config.total_replicas
     if num_selected != expected:
         raise RuntimeError(f"{num_selected} (shard, task) pairs selected, expected {expected}")
@@ -143,7 +144,7 @@ def _shard_keys(shards, total_replicas: int) -> List[ShardKey]:
     return [(s, t) for s in shards for t in range(total_replicas)]
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: filter_lib.FilterConfig):
+def build_pipeline(pipeline: beam.Pipeline, config: filter_config.FilterConfig):
     """Adds both passes to `pipeline`; returns the PCollection of the one final-stats dict."""
     if not config.input_dir:
         raise ValueError("--input_dir is required")
@@ -181,7 +182,7 @@ def pipeline_options_from(options: PipelineArgs) -> PipelineOptions:
     return PipelineOptions(list(options or []))
 
 
-def run_beam_filter(config: filter_lib.FilterConfig,
+def run_beam_filter(config: filter_config.FilterConfig,
                     pipeline_options: PipelineArgs = None) -> Dict:
     """Runs both passes and waits; returns final_stats.json's content
     {"cat_count": ..., "cat_sorted_pairs": ..., "total_cnt": N}.
@@ -202,7 +203,7 @@ _IGNORED_FLAGS = ("only_get_stats", "shard_id", "task")  # the pipeline runs eve
 
 def define_flags(flag_values=FLAGS):
     """The flags of `nst.filter_unlabel` plus --beam_args: one per FilterConfig field
-    (`filter_lib.define_flags`), and that binary's own --only_get_stats, --shard_id and
+    (`filter_config.define_flags`), and that binary's own --only_get_stats, --shard_id and
     --task, accepted and ignored (`_IGNORED_FLAGS`)."""
     filter_unlabel.define_flags(flag_values)
     if "beam_args" not in flag_values:
@@ -265,7 +266,7 @@ def run(flag_values=FLAGS, beam_argv: Sequence[str] = ()) -> Dict:
         if flag_values[name].present:
             logging.warning("--%s is ignored: the Beam pipeline runs every step on every "
                             "shard and task", name)
-    return run_beam_filter(filter_lib.config_from_flags(flag_values), list(beam_argv))
+    return run_beam_filter(filter_config.config_from_flags(flag_values), list(beam_argv))
 
 
 def main(argv):

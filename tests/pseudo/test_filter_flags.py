@@ -14,17 +14,18 @@ from nst import filter_unlabel, pipeline, report
 from nst.data import schema, writers
 from nst import pipeline_config as pc
 from nst.pseudo import filter as filter_lib
+from nst.pseudo import filter_config
 
 BINARY_ONLY = {"shard_id", "task", "only_get_stats"}  # flags that are no FilterConfig field
 
 
 def _fields():
-    return {f.name: f for f in dataclasses.fields(filter_lib.FilterConfig)}
+    return {f.name: f for f in dataclasses.fields(filter_config.FilterConfig)}
 
 
 def test_generated_flags_are_the_fields_with_their_defaults():
     values = flags.FlagValues()
-    filter_lib.define_flags(values)
+    filter_config.define_flags(values)
     fields = _fields()
     assert list(values) == list(fields)  # one flag per field, in field order
     for name, field in fields.items():
@@ -35,8 +36,8 @@ def test_generated_flags_are_the_fields_with_their_defaults():
             flag_default = bool(flag_default)
         assert (name, flag_default) == (name, default)
         assert type(flag_default) is type(default), name
-        assert values[name].help == filter_lib.HELP[name]
-    assert set(filter_lib.HELP) == set(fields)
+        assert values[name].help == filter_config.HELP[name]
+    assert set(filter_config.HELP) == set(fields)
 
 
 def test_binary_flags_keep_the_original_spellings():
@@ -67,8 +68,8 @@ def _parse(command, define):
 
 
 @pytest.mark.parametrize("config", [
-    filter_lib.FilterConfig(input_dir="/in dir", output_dir="/out", num_shards=3),
-    filter_lib.FilterConfig(
+    filter_config.FilterConfig(input_dir="/in dir", output_dir="/out", num_shards=3),
+    filter_config.FilterConfig(
         input_dir="/in", output_dir="/out", prediction_dir="/pred", info_dir="/info",
         prelim_stats_dir="/prelim", file_prefix="extra", num_shards=4, total_replicas=2,
         only_use_num_shards=2, num_label_classes=10, num_image=77, min_threshold=0.37,
@@ -100,12 +101,21 @@ def test_stage_commands_of_a_planned_filter_stage_round_trip(tmp_path):
 
 
 def test_report_reads_the_paths_the_filter_writes():
-    config = filter_lib.FilterConfig(input_dir="i", output_dir="/out",
-                                     prelim_stats_dir="/prelim")
-    paths = filter_lib.output_paths(config.output_dir, config.prelim_stats_dir)
-    assert paths == {name: config.path(name) for name in filter_lib.OUTPUT_FILES}
-    assert filter_lib.stats_root("/out") == \
-        filter_lib.FilterConfig(input_dir="i", output_dir="/out").stats_root
+    config = filter_config.FilterConfig(input_dir="i", output_dir="/out",
+                                        prelim_stats_dir="/prelim")
+    paths = filter_config.output_paths(config.output_dir, config.prelim_stats_dir)
+    assert paths == {name: config.path(name) for name in filter_config.OUTPUT_FILES}
+    assert filter_config.stats_root("/out") == \
+        filter_config.FilterConfig(input_dir="i", output_dir="/out").stats_root
+
+
+def test_the_filter_module_re_exports_the_settings():
+    """`filter_lib.FilterConfig`, `filter_lib.define_flags`, ...: the very objects of
+    `filter_config`, so that code written against the one-module filter keeps working."""
+    for name in ("FilterConfig", "HELP", "INT_BOOL_FLAGS", "OUTPUT_FILES", "config_from_flags",
+                 "define_flags", "flag_definitions", "output_path", "output_paths",
+                 "stats_root"):
+        assert getattr(filter_lib, name) is getattr(filter_config, name), name
 
 
 def test_beam_binary_has_the_same_generated_flags(tmp_path):
@@ -113,12 +123,12 @@ def test_beam_binary_has_the_same_generated_flags(tmp_path):
     values = flags.FlagValues()
     beam_lib.define_flags(values)
     assert set(values) == set(_fields()) | BINARY_ONLY | {"beam_args"}
-    config = filter_lib.FilterConfig(input_dir="/in", output_dir="/out", num_shards=2,
-                                     upsample=False, use_all=True, min_threshold=0.3)
+    config = filter_config.FilterConfig(input_dir="/in", output_dir="/out", num_shards=2,
+                                        upsample=False, use_all=True, min_threshold=0.3)
     stage = pc.Stage("filter-1", "filter", 1, config.output_dir, filter_config=config)
     argv = shlex.split(pipeline.stage_commands(stage, str(tmp_path))[-1])
     assert beam_lib.split_argv(argv, values) == []
-    assert filter_lib.config_from_flags(values) == config
+    assert filter_config.config_from_flags(values) == config
 
 
 # --------------------------------------------------------------------------- run_all
@@ -143,8 +153,9 @@ def _write_inputs(directory, num_shards):
 
 
 def _config(tmp_path, name, **kw):
-    return filter_lib.FilterConfig(input_dir=str(tmp_path / "in"),
-                                   output_dir=str(tmp_path / name), num_label_classes=K, **kw)
+    return filter_config.FilterConfig(input_dir=str(tmp_path / "in"),
+                                      output_dir=str(tmp_path / name), num_label_classes=K,
+                                      **kw)
 
 
 def _steps_one_by_one(config):
