@@ -147,13 +147,15 @@ class SkippedRecords:
     """Tally of records dropped by `skip_corrupt=True`; read `count` after iterating.
 
     Thread-safe, accumulates over every dataset and iteration it is passed to. `first`
-    keeps (file, index, reason) of the first `max_kept` skipped records; `indices(file)`
-    every skipped index of a file (one int each: bad records are few, and a consumer
-    needs them to tell a skipped record from a lost one).
+    keeps (file, index, reason) of the first `max_kept` skipped records. With
+    `keep_indices`, `indices(file)` gives every skipped index of a file, for a consumer
+    that must tell a skipped record from a lost one (one int per skip: off by default,
+    as a training input repeats its bad records every epoch).
     """
 
-    def __init__(self, max_kept: int = 100):
+    def __init__(self, max_kept: int = 100, keep_indices: bool = False):
         self.max_kept = max_kept
+        self.keep_indices = keep_indices
         self.first: List[Tuple[str, int, str]] = []
         self._count = 0
         self._indices: Dict[str, List[int]] = {}
@@ -169,7 +171,8 @@ class SkippedRecords:
         with self._lock:
             self._count += 1
             count = self._count
-            self._indices.setdefault(file, []).append(index)
+            if self.keep_indices:
+                self._indices.setdefault(file, []).append(index)
             if len(self.first) < self.max_kept:
                 self.first.append((file, index, reason))
         if count <= self.max_kept or count % 1000 == 0:
@@ -179,6 +182,8 @@ class SkippedRecords:
 
     def indices(self, file: str) -> List[int]:
         """Record indices skipped in `file` so far (as the reader names the file)."""
+        if not self.keep_indices:
+            raise ValueError("SkippedRecords(keep_indices=True) keeps the indices")
         with self._lock:
             return list(self._indices.get(file, ()))
 

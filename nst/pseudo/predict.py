@@ -397,7 +397,7 @@ def predict_slices(slices: List[Slice], predictor: Predictor,
     file_of = dict(zip(order, files))
     names = {n: f.encode("utf-8") for n, f in file_of.items()}  # as rows carry them
     replicas, worker = slices[todo[0]].replicas, slices[todo[0]].worker
-    skipped = readers.SkippedRecords() if config.skip_corrupt else None
+    skipped = readers.SkippedRecords(keep_indices=True) if config.skip_corrupt else None
     record_format = "pseudo_labeled" if config.reassign_label else "unlabeled"
     encode = wire.PseudoLabeledEncoder()  # = schema.encode_pseudo_labeled, ~10x faster
     dataset = _job_dataset(files, replicas, worker, record_format, config.num_label_classes,

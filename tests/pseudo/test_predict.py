@@ -493,7 +493,7 @@ def test_rows_missing_from_a_slice_are_an_error_unless_skipped(tmp_path):
         write([3, 1], None)
     with pytest.raises(ValueError, match="record 3 came where record 5 was due"):
         write([1, 3, 3], None)
-    skipped = readers.SkippedRecords()
+    skipped = readers.SkippedRecords(keep_indices=True)
     skipped.record(s.input_path, 3, "bad image")
     skipped.record(s.input_path, 4, "bad image")  # another slice's record
     summary = write([1, 5, 7], skipped)
