@@ -1,14 +1,13 @@
 """Sharded TFRecord writing with the original file names (spec §3.7), atomically.
 
 Every file is written under a hidden temporary name in its final directory
-(`.<name>.tmp-<uuid>`) and renamed to its final name only after a successful close. A
-failed or killed writer therefore never leaves a truncated file under a final name, and a
-failed write never clobbers an existing final file. The hidden temporaries are ignored by
+(`.<name>.tmp-<32 hex>`, `fileio.temporary_path`) and renamed to its final name only
+after a successful close. A failed or killed writer therefore never leaves a truncated
+file under a final name, and a failed write never clobbers an existing final file. The hidden temporaries are ignored by
 `nst.data.readers`. Paths go through `tf.io.gfile`, so `gs://` works (there the rename is a
 copy + delete, and the final object appears only once complete).
 """
 
-import uuid
 from typing import Iterable, List, Sequence, Union
 
 import numpy as np
@@ -86,22 +85,10 @@ def shard_boundaries(num_records: int, num_shards: int) -> List[int]:
     return np.linspace(0, num_records, num_shards + 1).astype(int).tolist()
 
 
-def temporary_path(path: str) -> str:
-    """A fresh hidden temporary name next to `path`: `<dir>/.<name>.tmp-<uuid>`."""
-    directory, name = fileio.split(path)
-    return fileio.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
-
-
-def remove_temporaries(path: str) -> int:
-    """Deletes the temporaries of `path` that a killed writer left (`temporary_path`
-    names); returns how many. Only for outputs that one job owns: it would also delete
-    the temporary of a writer of `path` that is still running."""
-    directory, name = fileio.split(path)
-    stale = tf.io.gfile.glob(fileio.join(directory, f".{name}.tmp-*"))
-    for tmp in stale:
-        logging.info("Removing %s, left by an earlier run", tmp)
-        tf.io.gfile.remove(tmp)
-    return len(stale)
+# The one temporary-name scheme of every atomic writer (`fileio`), under the names its
+# callers know from this module.
+temporary_path = fileio.temporary_path
+remove_temporaries = fileio.remove_temporaries
 
 
 # --------------------------------------------------------------------------- writing

@@ -13,7 +13,9 @@
                 -> <output_dir>/stats/final_stats.json
 
 Every file is written atomically (temporary name + rename), so a killed step leaves
-either nothing or a complete file; re-running a step redoes exactly the unfinished work.
+either nothing or a complete file; re-running a step redoes exactly the unfinished work,
+and first deletes the hidden temporaries a killed run left of the files it writes
+(`fileio.remove_temporaries`: each output has exactly one writing job).
 A select step whose stats file exists is finished and is skipped; the data file is
 published before the stats file, so an unfinished one is rewritten from scratch — the
 copy counts (seeded per image id) and the shuffle (seeded per shard) make the rewrite
@@ -51,7 +53,11 @@ from nst.pseudo.filter_config import (HELP, INT_BOOL_FLAGS, OUTPUT_FILES,  # noq
 
 
 def _write_json(path: str, obj, compact: bool = False):
+    """Writes `obj` to `path` atomically, after deleting `path`'s stale temporaries: every
+    JSON file of the filter has one writing job (its (shard, task), or the one reduce or
+    finalize), so a temporary under its name is a killed run's."""
     tf.io.gfile.makedirs(fileio.dirname(path))
+    fileio.remove_temporaries(path)
     if compact:  # K×101 pairs: one line instead of ~200K indented ones
         fileio.atomic_write_text(path, json.dumps(obj, separators=(",", ":")) + "\n")
     else:
@@ -242,6 +248,8 @@ def _write_selection(config: FilterConfig, shard: int, task: int, batches,
     No file when nothing is kept (as the original); a stale one is removed."""
     counts = np.zeros(config.num_label_classes, np.int64)
     path = config.data_path(shard, task)
+    # Only this (shard, task) job writes `path`: a temporary of it is a killed run's.
+    writers.remove_temporaries(path)
     encode = wire.PseudoLabeledEncoder()
     shuffler = select_lib.Shuffler(config.shuffle_buffer,
                                    select_lib.shard_rng(config.seed, shard, task))

@@ -23,9 +23,13 @@ from nst.data import schema
 
 SCHEMA_OF = {"images": "unlabeled", "pseudo_labelled": "unlabeled",
              "predictions": "prediction"}  # the record format of each kind (module doc)
+RECORD_OF = {"images": "an image record", "pseudo_labelled": "a pseudo-labelled record",
+             "predictions": "a prediction record"}  # each kind in the reader's messages
 _ABSENT_INT = -(1 << 62)  # FixedLen defaults that no valid record stores
 _ABSENT_ID = "\x00absent"
 ABSENT_ID_BYTES = _ABSENT_ID.encode("utf-8")  # the fast parser's id of a record without one
+
+FRAMING_BYTES = 16  # per TFRecord: uint64 length, its CRC32C, the data's CRC32C
 
 # (index int64 [n], serialized string [n], file name string [], task int64 []) of both
 # parsers; task -1: the whole file.
@@ -60,6 +64,7 @@ def _worker_slice(index, serialized, total_replicas: int, task):
 def fast_parser(kind: str, num_classes: int, total_replicas: int, top: bool = False):
     """A tf.function (index, serialized, name, task; `PARSER_SIGNATURE`) -> numpy-ready
     batch of the sliced records: index, `end` (true for the reader's end-of-file marker),
+    `nbytes` (int64 [], the framed size of all the batch's records, sliced out or not),
     `suspect` (a bool [] that is true when a record needs the checked parser's verdict)
     and
 
@@ -93,9 +98,14 @@ def fast_parser(kind: str, num_classes: int, total_replicas: int, top: bool = Fa
     def parse(index, serialized, name, task):
         del name  # ids are derived in Python (the reader's `_fill_ids`)
         end = tf.equal(tf.size(serialized), 0)  # the reader's end-of-file marker
+        # Framed bytes of every record read, sliced out or not: TensorFlow reads a file
+        # cut inside a record's 12-byte header as a clean end, which only the reader's
+        # comparison of these with the file's size reveals.
+        nbytes = tf.reduce_sum(tf.cast(tf.strings.length(serialized), tf.int64)
+                               + FRAMING_BYTES)
         index, serialized = _worker_slice(index, serialized, total_replicas, task)
         features = tf.io.parse_example(serialized, spec)
-        out = {"index": index, "end": end}
+        out = {"index": index, "end": end, "nbytes": nbytes}
         if not top:
             out["id"] = features[schema.ID_KEY]
         suspect = tf.constant(False)

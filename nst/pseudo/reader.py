@@ -2,17 +2,21 @@
 the bad record when one is found; pass 1's readers.
 
 One tf.data pipeline reads all the files of a job in turn (`_pipeline`) through
-`parsers.fast_parser`. A record that parser cannot judge makes `read` re-read that file
-with `parsers.checked_parser`, whose `problem` names the record (`_diagnose`).
+`parsers.fast_parser`. When that pipeline fails in a file (an unreadable record, one the
+parser cannot parse or judge), `read` re-reads that file in a second, slower pass
+(`_diagnose`) that names the first bad record exactly: its index in the file, whatever
+the batch size.
 
   shard_top_classes / top_classes   pass 1: (label, confidence) batches of each shard
   read / file_batches / per_file    the batches the joins of pass 2 use (`nst.pseudo.join`)
 """
 
-from typing import Dict, Iterator, Optional, Sequence
+import re
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message as protobuf_message
 
 from nst import fileio
 from nst.data import schema
@@ -92,8 +96,10 @@ def _pipeline(files: Sequence[FileSlice], parse, batch_size: int, total_replicas
     return dataset.prefetch(PREFETCH_BATCHES).with_options(options).as_numpy_iterator()
 
 
-class _Suspect(Exception):
-    """The fast parser saw something the checked parser must name."""
+# What the reader's tf.data iterator raises for a bad file: an OpError, or a
+# UnicodeDecodeError when TensorFlow's error message quotes a record's bytes that are not
+# UTF-8 (parse_example's "Could not parse example input, value: '...'").
+_READ_ERRORS = (tf.errors.OpError, UnicodeDecodeError)
 
 
 def read(files: Sequence[FileSlice], kind: str, layout: InputLayout, top: bool = False,
@@ -105,80 +111,230 @@ def read(files: Sequence[FileSlice], kind: str, layout: InputLayout, top: bool =
     `conf` (NumPy argmax).
 
     A plain TFRecordDataset rather than `readers.read_examples`: that reader's per-file
-    set-up costs about 1.5 s of graph building. Bad records raise a ValueError naming the
-    file and record index (found by re-reading the file with the checked parser); a
-    record the parser cannot decode at all (or broken framing) names the file and the
-    last good index.
+    set-up costs about 1.5 s of graph building. A bad record (unreadable, truncated, not
+    parsable, or invalid for the filter) raises a ValueError naming its index in the file
+    and the file (`_diagnose`), after the batches of the records before its batch. A file
+    is complete only if its records fill it: TensorFlow reads a file cut inside a record's
+    header as a clean end (one `stat` per file finds that).
     """
     if not files:
         return
     batch_size = batch_size or read_rows(layout.num_classes)
     parse = parsers.fast_parser(kind, layout.num_classes, layout.total_replicas, top)
-    current = 0
-    try:
-        for batch in _pipeline(files, parse, batch_size, layout.total_replicas):
-            if batch.pop("end"):
-                yield current, None
-                current += 1
-                continue
-            if batch.pop("suspect"):
-                raise _Suspect()
-            if not len(batch["index"]):
-                continue
-            path = files[current].path
+    batches = _pipeline(files, parse, batch_size, layout.total_replicas)
+    current = consumed = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except _READ_ERRORS as e:
+            fast_error = _error_text(e)
+            break
+        consumed += int(batch.pop("nbytes"))
+        if batch.pop("end"):
+            size = tf.io.gfile.stat(files[current].path).length
+            if consumed != size:
+                fast_error = f"{consumed} of its {size} bytes are whole records"
+                break
+            yield current, None
+            current, consumed = current + 1, 0
+            continue
+        if batch.pop("suspect"):
+            fast_error = ""
+            break
+        if not len(batch["index"]):
+            continue
+        path = files[current].path
+        if not top:
+            _fill_ids(batch, fileio.basename(path))
+        if kind == "pseudo_labelled":
             if not top:
-                _fill_ids(batch, fileio.basename(path))
-            if kind == "pseudo_labelled":
-                if not top:
-                    batch["label"], batch["conf"] = hist_lib.argmax_rows(
-                        batch["probabilities"])
-                _check_pseudo_labelled(batch, path)
-            yield current, batch
-    except (_Suspect, tf.errors.OpError) as e:
-        fast_error = "" if isinstance(e, _Suspect) else e.message
-    else:
-        return
+                batch["label"], batch["conf"] = hist_lib.argmax_rows(batch["probabilities"])
+            _check_pseudo_labelled(batch, path)
+        yield current, batch
     # Batches reach us in order, each file's end marker after its batches: the error is
-    # in file `current`. Name the bad record: the checked parser over that file raises
-    # at it.
+    # in file `current`.
     _diagnose(files[current], kind, layout, batch_size, fast_error)
 
 
 def _diagnose(file: FileSlice, kind: str, layout: InputLayout, batch_size: int,
               fast_error: str):
-    """Re-reads `file` with the checked parser and raises a ValueError naming the first
-    bad record (or, if the checked parser accepts every record, the file)."""
-    record_format = parsers.SCHEMA_OF[kind]
-    path = file.path
-    checked = parsers.checked_parser(record_format, layout.num_classes,
-                                     layout.total_replicas)
-    iterator = _pipeline([file], checked, batch_size, layout.total_replicas, name=path)
-    last = -1
+    """Re-reads `file`, in which the fast pass failed, and raises a ValueError naming
+    the first bad record: its index in the file and the file.
+
+    A second pass, slower than the fast one and run only after a failure: the records in
+    batches of `batch_size` (`_raw_batches`, which finds the first unreadable record
+    itself), each batch judged by `_Verdict`; in the first batch found bad, a bisection
+    over its prefixes finds the first bad record (~log2(batch_size) more verdicts), whose
+    verdict alone gives the message. Records outside the file's slice (`FileSlice.task`)
+    are read but not parsed, as in the fast pass.
+    """
+    verdict = _Verdict(kind, layout, file)
+    try:
+        for index, serialized in _raw_batches(file.path, batch_size):
+            if verdict(index, serialized) is None:
+                continue
+            bad = _first_failing(len(index),
+                                 lambda n: verdict(index[:n], serialized[:n]) is not None)
+            raise ValueError(verdict(index[bad:bad + 1], serialized[bad:bad + 1]))
+    except _Unreadable as e:
+        raise ValueError(f"Record {e.index} of {file.path} cannot be read: {e.reason}.") \
+            from None
+    # Nothing fails when read again: the first error was not the data's.
+    raise ValueError(f"Cannot read {file.path}, although each of its records reads and "
+                     f"parses when read again: {fast_error or 'no error message'}.")
+
+
+def _first_failing(n: int, fails: Callable[[int], bool]) -> int:
+    """The position of the first bad record of a batch of n, given fails(m): whether its
+    first m records hold a bad one (false for m = 0, true for m = n; monotone)."""
+    good, bad = 0, n  # fails(good) is false, fails(bad) true
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if fails(middle):
+            bad = middle
+        else:
+            good = middle
+    return bad - 1
+
+
+class _Unreadable(Exception):
+    """Record `index` of a file cannot be read (`reason`, one clause)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(index, reason)
+        self.index, self.reason = index, reason
+
+
+def _raw_batches(path: str, batch_size: int) -> Iterator[tuple]:
+    """(index int64 [n], serialized object [n]) of the records of `path` in batches of up
+    to `batch_size`, then `_Unreadable` at the first record that cannot be read (after a
+    batch of the readable records before it). A batch that fails as a whole is read again
+    one record at a time to find that record."""
+
+    def records(start):
+        return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES).skip(start)
+
+    def framed(serialized):
+        return sum(map(len, serialized)) + parsers.FRAMING_BYTES * len(serialized)
+
+    def check_end(start, consumed):
+        size = tf.io.gfile.stat(path).length
+        if consumed != size:  # TensorFlow's clean end inside a record's header
+            raise _Unreadable(start, f"the file is truncated or corrupted there (its last "
+                                     f"{size - consumed} bytes are not a whole record)")
+
+    start = consumed = 0
     while True:
+        batches = records(start).batch(batch_size).as_numpy_iterator()
+        while True:
+            try:
+                serialized = next(batches)
+            except StopIteration:
+                check_end(start, consumed)
+                return
+            except _READ_ERRORS:
+                break
+            yield np.arange(start, start + len(serialized), dtype=np.int64), serialized
+            start += len(serialized)
+            consumed += framed(serialized)
+        one_by_one = records(start).take(batch_size).as_numpy_iterator()
+        good, reason = [], None
+        while reason is None:
+            try:
+                good.append(next(one_by_one))
+            except StopIteration:
+                break
+            except tf.errors.DataLossError as e:
+                reason = f"the file is truncated or corrupted there ({_error_text(e)})"
+            except _READ_ERRORS as e:
+                reason = _error_text(e)
+        if good:
+            yield (np.arange(start, start + len(good), dtype=np.int64),
+                   np.array(good, dtype=object))
+        if reason is not None:
+            raise _Unreadable(start + len(good), reason)
+        if not good:  # the batch failed, but alone its records end here
+            check_end(start, consumed)
+            return
+        start += len(good)  # read this time: go on after it
+        consumed += framed(good)
+
+
+class _Verdict:
+    """verdict(index, serialized) of the records of one file: None if all of them are
+    valid for the filter, else why not, in a message that names the record (and is
+    exact) when there is one record. Checks, in order: the checked parse (an Example of
+    the kind's format, each feature valid), pseudo-labelled records' probabilities, the
+    fast parser's (what the fast pass failed on)."""
+
+    def __init__(self, kind: str, layout: InputLayout, file: FileSlice):
+        self.kind, self.path = kind, file.path
+        self.record_format = parsers.SCHEMA_OF[kind]
+        self.checked = parsers.checked_parser(self.record_format, layout.num_classes,
+                                              layout.total_replicas)
+        self.fast = parsers.fast_parser(kind, layout.num_classes, layout.total_replicas)
+        self.args = (tf.constant(file.path),
+                     tf.constant(-1 if file.task is None else file.task, tf.int64))
+        self.num_classes = layout.num_classes
+
+    def _record(self, index) -> str:
+        return f"Record {int(index[0])} of {self.path}"
+
+    def __call__(self, index: np.ndarray, serialized: np.ndarray) -> Optional[str]:
+        what = parsers.RECORD_OF[self.kind]
         try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        except tf.errors.OpError as e:
-            raise ValueError(f"Cannot read {path} after record {last}: a record that is not "
-                             f"a {record_format} Example (or stores a key with another "
-                             f"type), or a truncated/corrupted file. {e.message}") from None
-        if batch.pop("end"):
-            continue
-        problems = batch.pop("problem")
+            batch = self.checked(index, serialized, *self.args)
+        except _READ_ERRORS as e:
+            return f"{self._record(index)} is not {what}: {self._unparsable(serialized, e)}."
+        problems = batch["problem"].numpy()
         bad = problems != b""
         if np.any(bad):
             i = int(np.argmax(bad))
-            raise ValueError(f"Bad {record_format} record {int(batch['index'][i])} in "
-                             f"{path}: {problems[i].decode('utf-8', 'replace')}")
-        if kind == "pseudo_labelled":
-            _check_pseudo_labelled(batch, path)
-        if len(batch["index"]):
-            last = int(batch["index"][-1])
-    raise ValueError(f"Cannot read {path}: a record is malformed for the filter (missing "
-                     f"or repeated {schema.IMAGE_KEY}, {schema.ID_KEY}, "
-                     f"{schema.CLASS_LABEL_KEY} or {schema.PROBABILITIES_KEY}). "
-                     f"{fast_error}".rstrip())
+            return (f"Record {int(batch['index'][i])} of {self.path} is not valid as "
+                    f"{what}: {problems[i].decode('utf-8', 'replace')}.")
+        if self.kind == "pseudo_labelled":
+            try:
+                _check_pseudo_labelled({k: v.numpy() for k, v in batch.items()}, self.path)
+            except ValueError as e:
+                return str(e)
+        try:
+            fast = self.fast(index, serialized, *self.args)
+        except _READ_ERRORS as e:
+            return (f"{self._record(index)} is not {what} the filter can read: it lacks or "
+                    f"repeats one of {schema.IMAGE_KEY}, {schema.ID_KEY}, "
+                    f"{schema.CLASS_LABEL_KEY}, {schema.PROBABILITIES_KEY} "
+                    f"({_error_text(e)}).")
+        if fast["suspect"]:
+            return (f"{self._record(index)} is not valid as {what}: a stored class label "
+                    f"is outside [0, {self.num_classes}).")
+        return None
+
+    def _unparsable(self, serialized: np.ndarray, error: Exception) -> str:
+        if len(serialized) == 1:
+            try:
+                tf.train.Example.FromString(serialized[0])
+            except protobuf_message.DecodeError:
+                return "it is not a serialized tf.train.Example"
+        return (f"TensorFlow cannot parse it as the '{self.record_format}' record format "
+                f"({_error_text(error)})")
+
+
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\s*\[Op:[^\]]*\].*|Name: <unknown>, |Index: \d+\.\s+")
+
+
+def _error_text(error: Exception, limit: int = 200) -> str:
+    """The gist of a TensorFlow error for a message: its last line without the graph
+    traceback, node names and the record index within a batch; at most `limit` chars
+    (parse errors quote the whole record)."""
+    if not isinstance(error, tf.errors.OpError):
+        return f"{type(error).__name__}: {error}"
+    lines = [line for line in error.message.splitlines()
+             if line.strip() and not line.lstrip().startswith("[[")]
+    text = _TF_NOISE.sub("", lines[-1] if lines else "").strip()
+    text = text.rstrip(" .") or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def file_batches(path: str, kind: str, layout: InputLayout, task: Optional[int],

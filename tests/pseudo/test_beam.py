@@ -197,7 +197,8 @@ def test_beam_fails_naming_a_corrupt_shard(tmp_path):
     writers.write_records(bad, [b"not an example"])
     config = filter_lib.FilterConfig(input_dir=str(tmp_path / "in"),
                                      output_dir=str(tmp_path / "out"), num_shards=3, **SETTINGS)
-    with pytest.raises(Exception, match=f"Cannot read {re.escape(bad)}"):
+    with pytest.raises(Exception, match=f"Record 0 of {re.escape(bad)} is not a "
+                                        f"pseudo-labelled record"):
         beam_lib.run_beam_filter(config, DIRECT)
     assert not (tmp_path / "out" / "threshold.json").exists()
 

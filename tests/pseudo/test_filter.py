@@ -535,7 +535,9 @@ def test_bad_input_records_are_named(tmp_path):
     path = str(tmp_path / "in" / "train-00000-of-00001")
     writers.write_records(path, records)
     config = _config(tmp_path, num_shards=1)
-    with pytest.raises(ValueError, match=f"record 2 in {path}: feature probabilities has 2"):
+    with pytest.raises(ValueError, match=f"Record 2 of {path} is not valid as a "
+                                         f"pseudo-labelled record: feature probabilities "
+                                         f"has 2"):
         filter_lib.write_shard_histogram(config, 0, 0)
     writers.write_records(path, [schema.encode_unlabeled(b"x", image_id="raw")])
     with pytest.raises(ValueError, match=f"Record 0 of {path} holds no teacher prob"):
@@ -555,14 +557,15 @@ def test_bad_input_records_are_named(tmp_path):
         return tf.train.Example(features=tf.train.Features(feature=feature)
                                 ).SerializeToString()
 
-    for bad, message in ((record(label=[7]), "record 1 in .*pseudo label 7"),
-                         (record(label=[0, 1]), "record 1 in .*label has 2 values"),
-                         (record(true_label=[9]), "record 1 in .*true label 8")):
+    for bad, message in ((record(label=[7]), "Record 1 of .*: pseudo label 7"),
+                         (record(label=[0, 1]), "Record 1 of .*label has 2 values"),
+                         (record(true_label=[9]), "Record 1 of .*: true label 8")):
         writers.write_records(path, good[:1] + [bad] + good[1:])
         with pytest.raises(ValueError, match=message):
             filter_lib.write_shard_histogram(config, 0, 0, overwrite=True)
     writers.write_records(path, [b"not an example"])
-    with pytest.raises(ValueError, match=f"Cannot read {path}"):
+    with pytest.raises(ValueError, match=f"Record 0 of {path} is not a pseudo-labelled "
+                                         f"record: it is not a serialized tf.train.Example"):
         filter_lib.write_shard_histogram(config, 0, 0)
 
 
@@ -652,8 +655,9 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch, fi
     monkeypatch.setattr(writers.ShardWriter, "write_many", original_write_many)
     data = os.path.join(config.output_dir, "data")
     assert os.listdir(data) == [] and not os.path.exists(config.stats_path(0, 0))
-    # A stale temporary of a killed process is ignored and does not duplicate anything.
-    with open(os.path.join(data, ".train-0-00000-of-00002.tmp-dead"), "wb") as f:
+    # A killed process's temporary is deleted by the rerun and duplicates nothing.
+    stale = fileio.temporary_path(config.data_path(0, 0))
+    with open(stale, "wb") as f:
         f.write(b"partial")
     filter_lib.select_shard(config, 0, 0)
     filter_lib.select_shard(config, 1, 0)
@@ -661,14 +665,62 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch, fi
     os.remove(config.stats_path(1, 0))
     filter_lib.select_shard(config, 1, 0)
     filter_lib.finalize_stats(config)
-    got, want = file_tree(config.output_dir), file_tree(reference.output_dir)
-    got.pop("data/.train-0-00000-of-00002.tmp-dead")
-    assert got == want
+    assert not os.path.exists(stale)
+    assert file_tree(config.output_dir) == file_tree(reference.output_dir)
     assert _id_counts(_output(config)) == _id_counts(_output(reference))
     # A finished shard is skipped.
     mtime = os.path.getmtime(config.data_path(0, 0))
     assert filter_lib.select_shard(config, 0, 0) is None
     assert os.path.getmtime(config.data_path(0, 0)) == mtime
+
+
+def test_reruns_remove_the_stale_temporaries_of_their_own_outputs_only(tmp_path,
+                                                                       file_tree):
+    """A killed writer's hidden temporary (`fileio.temporary_path`) of a filter output is
+    deleted by the next run that writes that output; any other file stays: another
+    output's temporary (until its own job runs), names that are not exactly
+    `.<name>.tmp-<32 hex>`, other hidden files."""
+    _write_pseudo(tmp_path / "in", _examples(SPEC), 2)
+    settings = dict(num_shards=2, num_image=60, min_threshold=0.3, shuffle_buffer=16)
+    reference = _config(tmp_path, "reference", **settings)
+    _run_all(reference)
+    config = _config(tmp_path, **settings)
+    outputs = [config.histogram_path(s, 0) for s in range(2)] + [
+        config.path(name) for name in ("total_counts.json", "total_counts_sum.json",
+                                       "threshold.json", "num_image_across_cat.json",
+                                       "filter_config.json", "final_stats.json")] + [
+        config.data_path(s, 0) for s in range(2)] + [config.stats_path(s, 0)
+                                                     for s in range(2)]
+
+    def plant(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        return path
+
+    stale = {out: [plant(fileio.temporary_path(out)) for _ in range(2)] for out in outputs}
+    foreign = []
+    for out in outputs[:1] + outputs[-4:-2]:  # a histogram, the data files
+        directory, name = os.path.split(out)
+        foreign += [plant(os.path.join(directory, f".{name}.tmp-backup")),
+                    plant(os.path.join(directory, f".{name}.tmp-{'ab' * 15}")),  # 30 hex
+                    plant(os.path.join(directory, f".{name}.tmp-{'AB' * 16}")),
+                    plant(os.path.join(directory, f".{name}.tmp-{'ab' * 16}.bak")),
+                    plant(os.path.join(directory, f".{name}x.tmp-{'ab' * 16}")),
+                    plant(os.path.join(directory, f".other.tmp-{'ab' * 16}")),
+                    plant(os.path.join(directory, ".keep"))]
+    foreign = sorted(set(foreign))  # the data files share a directory
+    filter_lib.write_shard_histogram(config, 0, 0)
+    assert not any(map(os.path.exists, stale[config.histogram_path(0, 0)]))
+    assert all(map(os.path.exists, stale[config.histogram_path(1, 0)]))  # not this job's
+    _run_all(config)
+    assert [p for out in outputs for p in stale[out] if os.path.exists(p)] == []
+    assert all(map(os.path.exists, foreign))
+    prefix = os.path.join(config.output_dir, "")
+    got = file_tree(config.output_dir)
+    for path in foreign:
+        del got[path[len(prefix):]]
+    assert got == file_tree(reference.output_dir)
 
 
 def _write_shard_files(directory, shards, prefix="train"):
@@ -732,7 +784,8 @@ def test_multi_shard_job_publishes_the_shards_before_a_bad_record(tmp_path):
     bad[5] = schema.encode_pseudo_labeled(b"x", [0.5, 0.5], image_id="short")  # K = 2
     _write_shard_files(tmp_path / "in", [records[:30], records[30:60], bad])
     config = _config(tmp_path, num_shards=3, num_image=60, min_threshold=0.3)
-    with pytest.raises(ValueError, match="record 5 in .*train-00002-of-00003: feature "
+    with pytest.raises(ValueError, match="Record 5 of .*train-00002-of-00003 is not valid "
+                                         "as a pseudo-labelled record: feature "
                                          "probabilities has 2"):
         filter_lib.write_shard_histograms(config, range(3), 0)
     assert os.path.exists(config.histogram_path(1, 0))  # done before shard 2 failed
@@ -743,7 +796,7 @@ def test_multi_shard_job_publishes_the_shards_before_a_bad_record(tmp_path):
     ok = _config(tmp_path, "ok_out", input_dir=str(tmp_path / "ok"), num_shards=3,
                  num_image=60, min_threshold=0.3)
     thresholds = _run_all(ok)[0]
-    with pytest.raises(ValueError, match="record 5 in .*train-00002-of-00003"):
+    with pytest.raises(ValueError, match="Record 5 of .*train-00002-of-00003 is not valid"):
         filter_lib.select_shards(config, range(3), 0, thresholds)
     for shard in (0, 1):
         with open(config.data_path(shard, 0), "rb") as got, \
@@ -804,8 +857,8 @@ def test_output_records_are_the_encoded_selection_whatever_the_input_bytes(tmp_p
 @pytest.mark.slow
 def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path, file_tree):
     """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
-    its data file publishes nothing; the rerun writes exactly an uninterrupted run's
-    files (the killed process's hidden temporary is left and ignored)."""
+    its data file publishes nothing; the rerun deletes the killed process's hidden
+    temporary and writes exactly an uninterrupted run's files."""
     rng = np.random.default_rng(3)
     n, k = 60_000, 10
     probs = rng.random((n, k), dtype=np.float32)
@@ -838,9 +891,7 @@ def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path, file_t
     assert [f for f in os.listdir(data) if not f.startswith(".")] == []  # nothing published
     subprocess.run(command, check=True, env=env, capture_output=True)
     filter_lib.finalize_stats(config)
-    got = {name: data for name, data in file_tree(config.output_dir).items()
-           if not os.path.basename(name).startswith(".")}
-    assert got == file_tree(reference.output_dir)
+    assert file_tree(config.output_dir) == file_tree(reference.output_dir)
 
 
 # --------------------------------------------------------------------------- binary

@@ -458,7 +458,7 @@ def test_a_killed_runs_temporary_file_is_removed(data_dir, teacher_dir, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     name = writers.shard_name("extra", 0, NUM_SHARDS)
-    (out / f".{name}.tmp-0123abcd").write_bytes(b"partial")
+    (out / f".{name}.tmp-{'0123abcd' * 4}").write_bytes(b"partial")  # a temporary_path name
     main.run(_config(data_dir, teacher_dir, out, shard_id="0"))
     assert os.listdir(out) == [name]
 

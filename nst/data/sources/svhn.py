@@ -37,7 +37,6 @@ the strict patterns `train-*` / `train_full-*` may be passed as well.
 """
 
 import urllib.request
-import uuid
 from typing import Dict, Mapping, Tuple, Union
 
 import numpy as np
@@ -67,7 +66,7 @@ def mat_name(split: str) -> str:
 
 def download(url: str, path: str):
     """Fetches `url` into `path` via a temporary name and a rename (no partial file)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = fileio.temporary_path(path)
     logging.info("Downloading %s to %s", url, path)
     try:
         with urllib.request.urlopen(url) as response, tf.io.gfile.GFile(tmp, "wb") as f:
