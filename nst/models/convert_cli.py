@@ -14,6 +14,11 @@ model built with `weights=None`, optionally filled from a local weights
 file (this tool never downloads anything). Every name and shape is checked
 before anything is written; on a mismatch the tool prints the full list of
 problems and exits with status 1.
+
+`--use_ema=auto|true|false` picks EMA shadows or raw values by the same rule
+as `saving.load_weights(use_ema=...)`: with "auto" (the default) a checkpoint
+whose shadows cover only some tensors is refused rather than converted into
+a mix; "true" demands shadows for every tensor; "false" takes raw values.
 """
 
 import sys
@@ -33,6 +38,8 @@ from nst.models import saving
 FLAGS = flags.FLAGS
 KERAS_PREFIX = "keras:"
 _NORMALIZATIONS = {"imagenet": "imagenet", "svhn": "svhn", "none": None}
+# --use_ema value -> saving.load_weights(use_ema=...).
+USE_EMA = {"auto": "auto", "true": True, "false": False}
 
 
 def define_flags(flag_values=FLAGS):
@@ -65,8 +72,11 @@ def define_flags(flag_values=FLAGS):
     define("enum", "source_scope", "auto",
            "Which model of an original checkpoint to read; 'teacher' takes "
            "teacher_model/<name>/ of a student run.", ["auto", "student", "teacher"])
-    define("boolean", "use_ema", True, "Read EMA shadows when the checkpoint has them.")
-    define("boolean", "no_ema", False, "Read raw weights, not EMA shadows.")
+    define("enum", "use_ema", "auto",
+           "auto: EMA shadows when every tensor has one, raw values when none has, "
+           "an error for a partial set; true: shadows required; false: raw values only.",
+           list(USE_EMA))
+    define("boolean", "no_ema", False, "Same as --use_ema=false.")
     define("string", "output_dir", None, "Writes the nst format here.")
     define("string", "export_saved_model", None,
            "Writes a serving SavedModel (serve(images) -> logits, probabilities) here.")
@@ -129,19 +139,18 @@ def _build_target():
 def convert_and_export() -> int:
     """Runs one conversion from the parsed flags; returns the exit status."""
 
-    if FLAGS.use_ema and FLAGS.no_ema and FLAGS["use_ema"].present:
-        raise app.UsageError("--use_ema and --no_ema contradict each other")
-    use_ema = FLAGS.use_ema and not FLAGS.no_ema
+    if FLAGS.no_ema and FLAGS["use_ema"].present and FLAGS.use_ema != "false":
+        raise app.UsageError(f"--use_ema={FLAGS.use_ema} and --no_ema contradict each other")
+    use_ema = False if FLAGS.no_ema else USE_EMA[FLAGS.use_ema]
     model = _build_target()
     if FLAGS.source.startswith(KERAS_PREFIX):
         keras_model = build_keras_source(FLAGS.source, model.image_size,
                                          FLAGS.num_label_classes)
+        # keras.applications models carry no shadows, so --use_ema=true must fail here too.
+        convert.choose_ema(FLAGS.source, use_ema, {v.path for v in keras_model.weights}, set())
         report = convert.load_keras_applications(model, keras_model)
     else:
-        # "auto" so that a checkpoint without shadows still converts; EMA
-        # is taken whenever it exists, as the original's eval does.
-        report = saving.load_weights(model, FLAGS.source,
-                                     use_ema="auto" if use_ema else False,
+        report = saving.load_weights(model, FLAGS.source, use_ema=use_ema,
                                      source=FLAGS.source_scope)
     summary = (f"Loaded {report.num_loaded} tensors into {model.config.name} "
                f"({len(model.config.blocks())} blocks, {model.config.num_classes} classes, "

@@ -109,18 +109,18 @@ def _is_object_based(path: str) -> bool:
 
 def _load_nst_checkpoint(model, path: str, use_ema) -> convert.LoadReport:
     groups = {g: checkpoint_group(path, g) for g in ("model", "ema")}
-    if use_ema is True and not groups["ema"]:
-        raise convert.CheckpointMismatchError(path, hint="use_ema=True but the checkpoint has no EMA")
-    group = "ema" if (use_ema and groups["ema"]) else "model"
-    stored = groups[group]
-    if not stored:
+    if not (groups["model"] or groups["ema"]):
         raise convert.CheckpointMismatchError(
             path, hint="No nst model weights in this object-based checkpoint")
+    # The architecture check looks at both groups so that a partial `ema`
+    # group is reported as such by the EMA rule, not as missing tensors.
+    stored = {**groups["ema"], **groups["model"]}
     ours = variables_by_path(model)
     missing = sorted(set(ours) - set(stored))
     unexpected = sorted(set(stored) - set(ours))
-    mismatched = [(p, tuple(v.shape), stored[p]) for p, v in ours.items()
-                  if p in stored and tuple(v.shape) != stored[p]]
+    mismatched = [(p, tuple(v.shape), shape) for p, v in ours.items()
+                  for shape in {groups[g][p] for g in groups if p in groups[g]}
+                  if tuple(v.shape) != shape]
     if missing or unexpected or mismatched:
         hint = f"Model {model.config.name} ({model.config.num_classes} classes)."
         config_dir = os.path.dirname(path)
@@ -129,9 +129,12 @@ def _load_nst_checkpoint(model, path: str, use_ema) -> convert.LoadReport:
             hint += (f" The checkpoint belongs to {theirs.name} (width {theirs.width}, "
                      f"depth {theirs.depth}, {theirs.num_classes} classes).")
         raise convert.CheckpointMismatchError(path, missing, unexpected, mismatched, hint=hint)
+    take_shadows = convert.choose_ema(path, use_ema, set(groups["model"]), set(groups["ema"]),
+                                      shadow_name=lambda p: f"ema/{p}")
+    group = "ema" if take_shadows else "model"
     tf.train.Checkpoint(**{group: ours}).read(path).expect_partial()
     return convert.LoadReport(source=path, root=group, num_loaded=len(ours),
-                              num_from_ema=len(ours) if group == "ema" else 0)
+                              num_from_ema=len(ours) if take_shadows else 0)
 
 
 def load_weights(model: EfficientNet, path: str, *, use_ema="auto",
@@ -145,17 +148,25 @@ def load_weights(model: EfficientNet, path: str, *, use_ema="auto",
       model: an `EfficientNet`.
       path: checkpoint prefix, a directory holding checkpoints, or a
         `.weights.h5` file.
-      use_ema: "auto" reads EMA shadows when the checkpoint has them; True
-        requires them; False reads raw weights.
+      use_ema: "auto" reads the EMA shadows when every tensor has one and
+        the raw values when none has; True requires a shadow for every
+        tensor; False reads raw values only. A checkpoint with shadows for
+        only some tensors fails under "auto" and True rather than loading a
+        mix (see `convert.choose_ema`; one rule for all formats).
       source: for original checkpoints, "student", "teacher" or "auto".
 
     Raises:
       CheckpointMismatchError: the weights belong to another architecture.
+      convert.EmaShadowError: the EMA shadows do not fit `use_ema`.
       FileNotFoundError: nothing at `path`.
+      ValueError: `use_ema` is not "auto", True or False.
     """
+    convert.check_use_ema(use_ema)
     if path.endswith(".weights.h5"):
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"No weights file {path}")
+        # A weights file has no shadows: fine for "auto" and False, not for True.
+        convert.choose_ema(path, use_ema, set(variables_by_path(model)), set())
         # Keras assigns layer by layer and raises only at the first misfit;
         # undo what it assigned so a failed load leaves the model unchanged.
         before = [v.numpy() for v in model.weights]
@@ -171,8 +182,7 @@ def load_weights(model: EfficientNet, path: str, *, use_ema="auto",
     path = _resolve(path)
     if _is_object_based(path):
         return _load_nst_checkpoint(model, path, use_ema)
-    return convert.load_original_checkpoint(model, path, source=source,
-                                            prefer_ema=use_ema is not False)
+    return convert.load_original_checkpoint(model, path, source=source, use_ema=use_ema)
 
 
 def load_model(directory: str, image_size="config", use_ema="auto") -> EfficientNet:

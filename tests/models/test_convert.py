@@ -288,9 +288,9 @@ def test_original_checkpoint_matches_keras_reference(keras_reference):
     np.testing.assert_allclose(logits, keras_reference.logits, atol=1e-4, rtol=0)
 
 
-def test_prefer_ema_false_reads_raw_values(keras_reference):
+def test_use_ema_false_reads_raw_values(keras_reference):
     model, _ = build_model("efficientnet-b0", 1000, image_size=IMAGE_SIZE)
-    report = convert.load_original_checkpoint(model, keras_reference.prefix, prefer_ema=False)
+    report = convert.load_original_checkpoint(model, keras_reference.prefix, use_ema=False)
     assert report.num_loaded == B0_MODEL_TENSORS
     assert report.num_from_ema == 0
     np.testing.assert_array_equal(model.get_layer("stem").conv.kernel.numpy(),
@@ -325,6 +325,122 @@ def test_raw_only_checkpoint_falls_back_to_raw(tmp_path):
     assert report.num_from_ema == 0
     assert report.num_loaded == len(target.weights)
     assert_model_holds(target, nst_model_tensors(model))
+
+
+# --- The EMA rule: all shadows, none, or an error ----------------------------
+
+DROPPED_SHADOWS = ("head/dense/kernel", "head/dense/bias",
+                   "stem/tpu_batch_normalization/moving_mean")
+
+
+@pytest.fixture(scope="module")
+def ema_tensors():
+    """(raw, shadows): {original name under the root: array} of two different
+    tiny models, so that a value shows which of the two it came from."""
+    rng = np.random.default_rng(3)
+    raw_model, shadow_model = tiny_model(), tiny_model()
+    randomize_batch_norm_and_biases(raw_model, rng)
+    randomize_batch_norm_and_biases(shadow_model, rng)
+    return nst_model_tensors(raw_model), nst_model_tensors(shadow_model)
+
+
+@pytest.fixture(scope="module")
+def ema_checkpoints(ema_tensors, tmp_path_factory):
+    """{"all", "none", "partial": prefix} of TF1 checkpoints with every raw
+    value and all, none, or all but DROPPED_SHADOWS of the shadows."""
+    raw, ema = ema_tensors
+    prefixes = {}
+    for shadows, kept in (("all", list(ema)), ("none", []),
+                          ("partial", [n for n in ema if n not in DROPPED_SHADOWS])):
+        tensors = {ROOT + n: v for n, v in raw.items()}
+        tensors.update({ROOT + n + names.EMA_SUFFIX: ema[n] for n in kept})
+        prefixes[shadows] = write_tf1_checkpoint(
+            str(tmp_path_factory.mktemp(f"ema_{shadows}") / "model.ckpt-1"), tensors)
+    return prefixes
+
+
+@pytest.mark.parametrize("shadows, use_ema, expected", [
+    ("all", "auto", "ema"), ("all", True, "ema"), ("all", False, "raw"),
+    ("none", "auto", "raw"), ("none", False, "raw"), ("partial", False, "raw")])
+def test_ema_rule_loads(ema_checkpoints, ema_tensors, shadows, use_ema, expected):
+    prefix = ema_checkpoints[shadows]
+    model = tiny_model()
+    report = saving.load_weights(model, prefix, use_ema=use_ema)
+    assert report.num_loaded == len(model.weights)
+    assert report.num_from_ema == (len(model.weights) if expected == "ema" else 0)
+    raw, ema = ema_tensors
+    assert_model_holds(model, ema if expected == "ema" else raw)
+    if shadows == "partial":
+        # The raw value, although the checkpoint has a shadow for this tensor.
+        kernel = model.get_layer("stem").conv.kernel.numpy()
+        np.testing.assert_array_equal(kernel, raw["stem/conv2d/kernel"])
+        assert not np.array_equal(kernel, ema["stem/conv2d/kernel"])
+
+
+def test_partial_ema_with_use_ema_true_names_the_missing_shadows(ema_checkpoints):
+    prefix = ema_checkpoints["partial"]
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(convert.EmaShadowError) as info:
+        saving.load_weights(model, prefix, use_ema=True)
+    wanted = sorted(ROOT + n + names.EMA_SUFFIX for n in DROPPED_SHADOWS)
+    assert info.value.missing_shadows == wanted
+    message = str(info.value)
+    assert message.startswith(f"use_ema=True needs an EMA shadow for every tensor, but "
+                              f"3 of {len(model.weights)} in {prefix} have none")
+    assert all(name in message for name in wanted)
+    assert_unchanged(model, before)
+
+
+def test_partial_ema_under_auto_is_refused(ema_checkpoints):
+    prefix = ema_checkpoints["partial"]
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(convert.EmaShadowError) as info:
+        saving.load_weights(model, prefix)  # "auto" is the default
+    message = str(info.value)
+    assert (f"{prefix} has EMA shadows for only {len(model.weights) - 3} of "
+            f"{len(model.weights)} tensors") in message
+    assert ROOT + "head/dense/kernel" + names.EMA_SUFFIX in message
+    assert message.endswith("pass use_ema=False to load raw values.")
+    assert "\n" not in message
+    assert_unchanged(model, before)
+    # The original-format loader applies the same rule.
+    with pytest.raises(convert.EmaShadowError, match="use_ema=False"):
+        convert.load_original_checkpoint(model, prefix)
+
+
+def test_missing_shadows_are_counted_beyond_the_first_few(tmp_path, ema_tensors):
+    raw, ema = ema_tensors
+    tensors = {ROOT + n: v for n, v in raw.items()}
+    tensors[ROOT + "stem/conv2d/kernel" + names.EMA_SUFFIX] = ema["stem/conv2d/kernel"]
+    prefix = write_tf1_checkpoint(str(tmp_path / "model.ckpt-1"), tensors)
+    model = tiny_model()
+    with pytest.raises(convert.EmaShadowError) as info:
+        saving.load_weights(model, prefix, use_ema=True)
+    unshadowed = len(model.weights) - 1
+    assert len(info.value.missing_shadows) == unshadowed
+    assert f"{unshadowed} of {len(model.weights)}" in str(info.value)
+    assert f"and {unshadowed - 5} more" in str(info.value)
+
+
+def test_use_ema_false_refuses_shadow_only_tensors(student_teacher_checkpoint):
+    # The online teacher is stored as shadows only: there are no raw values.
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(convert.EmaShadowError, match="exist only as EMA shadows") as info:
+        saving.load_weights(model, student_teacher_checkpoint[0], source="teacher",
+                            use_ema=False)
+    assert "pass use_ema='auto' to load the shadows" in str(info.value)
+    assert_unchanged(model, before)
+
+
+def test_unknown_use_ema_is_rejected(ema_checkpoints):
+    model = tiny_model()
+    for use_ema in ("true", "yes", 1, None):
+        for load in (saving.load_weights, convert.load_original_checkpoint):
+            with pytest.raises(ValueError, match="use_ema must be 'auto', True or False"):
+                load(model, ema_checkpoints["all"], use_ema=use_ema)
 
 
 # --- teacher_model/ scopes --------------------------------------------------
@@ -369,11 +485,31 @@ def test_b0_checkpoint_into_b1_model(tmp_path):
     with pytest.raises(convert.CheckpointMismatchError) as info:
         convert.load_original_checkpoint(model, prefix)
     message = str(info.value)
+    # The model name leads, before the list of the 7 blocks b0 lacks.
+    assert message.split("\n")[0] == (
+        f"Checkpoint {prefix} holds efficientnet-b0, the model is efficientnet-b1.")
     assert "missing from the source" in message
     assert "efficientnet-b0/blocks_16/" in message
-    assert "efficientnet-b1" in message
     assert any(k.startswith(ROOT + "blocks_22/") for k in info.value.missing)
     assert_unchanged(model, before)
+
+
+def test_other_scope_name_that_fits_loads(tmp_path):
+    # A b0 trained with overrides can have exactly another model's tensors.
+    source = tiny_model()
+    tensors = {"efficientnet-b1/" + n: v for n, v in nst_model_tensors(source).items()}
+    prefix = write_tf1_checkpoint(str(tmp_path / "model.ckpt-1"), tensors)
+    model = tiny_model()
+    report = convert.load_original_checkpoint(model, prefix)
+    assert report.root == "efficientnet-b1/"
+    assert report.num_loaded == len(model.weights)
+
+
+def test_same_model_name_mismatch_has_no_name_line(tmp_path):
+    prefix = _tiny_checkpoint(tmp_path, tiny_model())
+    with pytest.raises(convert.CheckpointMismatchError) as info:
+        convert.load_original_checkpoint(tiny_model(depth=0.5), prefix)
+    assert str(info.value).startswith(f"Weights in {prefix} do not match the model.")
 
 
 def test_b0_checkpoint_into_model_with_other_class_count(keras_reference):
@@ -568,6 +704,52 @@ def test_cli_teacher_scope_and_list(student_teacher_checkpoint, tmp_path, capsys
     assert status == 0, err
     assert "scope 'teacher_model/efficientnet-b0/'" in out
     assert_model_holds(saving.load_model(str(out_dir)), teacher_tensors)
+
+
+TINY_FLAGS = ("--model_name=efficientnet-b0", "--small_image_model", "--width_coefficient=0.25",
+              "--depth_coefficient=0.25", "--num_label_classes=10")
+
+
+@pytest.mark.parametrize("value, status, message", [
+    ("auto", 1, "pass use_ema=False to load raw values"),
+    ("true", 1, "use_ema=True needs an EMA shadow for every tensor"),
+    ("false", 0, "; 0 from EMA shadows")])
+def test_cli_use_ema_values(ema_checkpoints, capsys, value, status, message):
+    got, out, err = run_cli_in_process(capsys, *TINY_FLAGS,
+                                       f"--source={ema_checkpoints['partial']}",
+                                       f"--use_ema={value}")
+    assert got == status, err
+    assert message in (out if status == 0 else err)
+    if value == "true":
+        assert ROOT + "head/dense/bias" + names.EMA_SUFFIX in err
+
+
+def test_cli_use_ema_defaults_to_auto(ema_checkpoints, ema_tensors, capsys):
+    status, out, err = run_cli_in_process(capsys, *TINY_FLAGS,
+                                          f"--source={ema_checkpoints['all']}")
+    assert status == 0, err
+    assert f"; {len(ema_tensors[1])} from EMA shadows" in out
+
+
+@pytest.mark.parametrize("value", ["maybe", "True", "1", ""])
+def test_cli_use_ema_rejects_other_values(value):
+    convert_cli.define_flags()
+    with flagsaver.flagsaver():
+        with pytest.raises(flags.IllegalFlagValueError, match="use_ema"):
+            flags.FLAGS(["nst-convert-checkpoint", f"--use_ema={value}"])
+
+
+def test_cli_no_ema_contradicting_use_ema(capsys):
+    status, _, err = run_cli_in_process(capsys, "--source=/tmp", "--no_ema", "--use_ema=true")
+    assert status == 1
+    assert "--use_ema=true and --no_ema contradict each other" in err
+
+
+def test_cli_keras_source_has_no_shadows(capsys):
+    status, _, err = run_cli_in_process(capsys, "--source=keras:EfficientNetB0",
+                                        "--input_image_size=32", "--use_ema=true")
+    assert status == 1
+    assert "holds no EMA shadows" in err
 
 
 def test_cli_no_ema_reads_raw(keras_reference, capsys):

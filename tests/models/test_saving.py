@@ -152,6 +152,76 @@ def test_use_ema_true_without_ema_raises(tmp_path):
     assert saving.load_weights(model, prefix).num_from_ema == 0
 
 
+# Shadows a training checkpoint lacks in the partial case.
+DROPPED_SHADOWS = ("logits/kernel", "logits/bias", "stem/bn/moving_mean")
+
+
+@pytest.fixture
+def partial_ema(tmp_path):
+    """A training checkpoint whose `ema` group lacks DROPPED_SHADOWS."""
+    raw, ema = randomized_tiny_model(11), randomized_tiny_model(12)
+    shadows = {p: v for p, v in saving.variables_by_path(ema).items()
+               if p not in DROPPED_SHADOWS}
+    assert len(shadows) == len(ema.weights) - len(DROPPED_SHADOWS)
+    checkpoint = tf.train.Checkpoint(model=saving.variables_by_path(raw), ema=shadows)
+    saving.write_model_config(raw, str(tmp_path))
+    return checkpoint.write(os.path.join(str(tmp_path), "ckpt-5")), raw, ema
+
+
+def test_partial_ema_with_use_ema_true_names_the_missing_shadows(partial_ema):
+    prefix, _, _ = partial_ema
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(convert.EmaShadowError) as info:
+        saving.load_weights(model, prefix, use_ema=True)
+    assert info.value.missing_shadows == sorted(f"ema/{p}" for p in DROPPED_SHADOWS)
+    assert str(info.value) == (
+        f"use_ema=True needs an EMA shadow for every tensor, but 3 of {len(model.weights)} "
+        f"in {prefix} have none (missing: ema/logits/bias, ema/logits/kernel, "
+        f"ema/stem/bn/moving_mean).")
+    assert_unchanged(model, before)
+
+
+def test_partial_ema_under_auto_is_refused(partial_ema):
+    prefix, _, _ = partial_ema
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(convert.EmaShadowError) as info:
+        saving.load_weights(model, prefix)
+    assert str(info.value) == (
+        f"{prefix} has EMA shadows for only {len(model.weights) - 3} of {len(model.weights)} "
+        f"tensors (missing: ema/logits/bias, ema/logits/kernel, ema/stem/bn/moving_mean); "
+        f"pass use_ema=False to load raw values.")
+    assert_unchanged(model, before)
+
+
+def test_partial_ema_with_use_ema_false_loads_raw(partial_ema):
+    prefix, raw, ema = partial_ema
+    model = tiny_model()
+    report = saving.load_weights(model, prefix, use_ema=False)
+    assert report.root == "model" and report.num_from_ema == 0
+    assert_same_weights(model, raw)
+    # A tensor that has a shadow still gets its raw value.
+    kernel = model.get_layer("stem").conv.kernel.numpy()
+    np.testing.assert_array_equal(kernel, raw.get_layer("stem").conv.kernel.numpy())
+    assert not np.array_equal(kernel, ema.get_layer("stem").conv.kernel.numpy())
+
+
+def test_use_ema_values_are_checked(raw_and_ema):
+    prefix, _, _ = raw_and_ema
+    for value in ("true", "ema", 1, None):
+        with pytest.raises(ValueError, match="use_ema must be 'auto', True or False"):
+            saving.load_weights(tiny_model(), prefix, use_ema=value)
+
+
+def test_keras_weights_h5_has_no_shadows(tmp_path):
+    path = str(tmp_path / "tiny.weights.h5")
+    randomized_tiny_model(13).save_weights(path)
+    with pytest.raises(convert.EmaShadowError, match="holds no EMA shadows"):
+        saving.load_weights(tiny_model(), path, use_ema=True)
+    assert saving.load_weights(tiny_model(), path, use_ema=False).num_loaded > 0
+
+
 def test_keras_weights_h5(tmp_path):
     model = randomized_tiny_model(5)
     path = str(tmp_path / "tiny.weights.h5")
