@@ -12,6 +12,7 @@ ones a killed writer of a given path left.
 """
 
 import json
+import math
 import os
 import posixpath
 import re
@@ -108,8 +109,35 @@ def atomic_write_text(path: str, text: str):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _non_finite_at(obj, where=""):
+    """The location (e.g. `[3]["loss"]`) of the first NaN or Inf float in `obj`, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the top level"
+    items = (obj.items() if isinstance(obj, dict)
+             else enumerate(obj) if isinstance(obj, (list, tuple)) else ())
+    for key, value in items:
+        found = _non_finite_at(value, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
 def atomic_write_json(path: str, obj, indent: int = 2):
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+    """Writes `obj` as strict JSON (`atomic_write_bytes`).
+
+    Raises:
+      ValueError: `obj` holds NaN or Inf, which strict JSON parsers reject
+        (write None for a missing value); nothing is written.
+    """
+    try:
+        text = json.dumps(obj, indent=indent, sort_keys=True, allow_nan=False)
+    except ValueError as e:
+        where = _non_finite_at(obj)
+        if where is None:
+            raise
+        raise ValueError(f"Not writing {path}: non-finite number at {where} (strict JSON "
+                         f"has no NaN or Infinity; use None for a missing value)") from e
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str):

@@ -41,7 +41,46 @@ from nst.train.schedule import NoisyStudentSchedule
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+    """Training metrics, or the state about to be saved, hold NaN or Inf.
+
+    Nothing is saved. `last_good` is the newest checkpoint of model_dir that
+    passes the same check (`Trainer.check_state`), or None if none does.
+    """
+
+    def __init__(self, message: str, last_good: Optional[str] = None):
+        super().__init__(message)
+        self.last_good = last_good
+
+
+@dataclasses.dataclass
+class StateCheck:
+    """Whether the live training state may be saved (`Trainer.check_state`).
+
+    Attributes:
+      bad_variables: checkpoint names ("model/...", "ema/...", "optimizer/...")
+        of float variables holding NaN or Inf on some replica.
+      num_variables: float variables checked.
+      loss: {"raw", "EMA"}: probe loss (labeled cross-entropy plus L2, inference
+        mode) with the raw and, when EMA is on, the EMA weights.
+      num_probe_images: images in the probe batch.
+    """
+    bad_variables: list
+    num_variables: int
+    loss: Dict[str, float]
+    num_probe_images: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_variables and all(math.isfinite(v) for v in self.loss.values())
+
+    def describe(self) -> str:
+        parts = []
+        if self.bad_variables:
+            parts.append(f"{len(self.bad_variables)} of {self.num_variables} float variables "
+                         f"hold NaN or Inf (e.g. {', '.join(self.bad_variables[:3])})")
+        parts.append(f"probe loss on {self.num_probe_images} training images, inference "
+                     "mode: " + ", ".join(f"{k} weights {v:.4g}" for k, v in self.loss.items()))
+        return "; ".join(parts)
 
 
 def _task_id(strategy) -> int:
@@ -118,6 +157,11 @@ class Trainer:
             self.checkpoint, self._save_dir, max_to_keep=config.keep_checkpoint_max)
         self._metric_keys = sorted(self._dry_run_metrics())
         self._loop = None
+        self._probe = None
+        self._check_fn = None
+        # The checkpoint the live weights came from, if they are unchanged since
+        # (named in eval errors).
+        self._weights_from = None
         self.skipped = None
 
     # ------------------------------------------------------------------ setup
@@ -286,6 +330,129 @@ class Trainer:
 
         return loop
 
+    # ------------------------------------------------------------------ state checks
+
+    def _checked_variables(self):
+        """[(checkpoint name, variable)] of every float variable a checkpoint holds."""
+        groups = [("model", saving.variables_by_path(self.student).items())]
+        if self.ema.enabled:
+            groups.append(("ema", self.ema.shadows_by_path().items()))
+        groups.append(("optimizer", [(v.path, v) for v in self.optimizer.variables]))
+        return [(f"{group}/{name}", v) for group, items in groups for name, v in items
+                if tf.as_dtype(v.dtype).is_floating]
+
+    def _probe_batch(self):
+        """The first eval-view batch of the training files (labels included), once."""
+        if self._probe is None:
+            c = self.config
+            student_view, _, _ = self.views()
+            # Read apart from the training stream, whose position a resumed run
+            # must reproduce exactly.
+            dataset = ip.eval_dataset(self._train_files(), c.num_label_classes,
+                                      self.batch_size, student_view,
+                                      skip_corrupt=c.skip_corrupt)
+            batch = next(iter(dataset), None)
+            if batch is None:
+                raise FileNotFoundError(f"No training images in {self._train_files()}")
+            self._probe = (batch["image"], batch["label"])
+        return self._probe
+
+    def _make_check(self):
+        c = self.config
+        named = self._checked_variables()
+        variables = [v for _, v in named]
+        strategy = self.strategy
+
+        def replica_check(images, labels):
+            logits = tf.cast(self.student(images, training=False), tf.float32)
+            onehot = tf.one_hot(labels, c.num_label_classes)
+            if c.label_smoothing:
+                onehot = onehot * (1 - c.label_smoothing) + c.label_smoothing / c.num_label_classes
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
+            # L2 too: |w| past ~1e19 overflows it, and the next step's loss with it.
+            loss += objective.l2_regularization(self.student.trainable_variables,
+                                                c.weight_decay)
+            # Per replica: a replica's copy (e.g. of BN statistics) may differ.
+            bad = tf.stack([tf.reduce_any(tf.logical_not(tf.math.is_finite(
+                tf.convert_to_tensor(v)))) for v in variables])
+            return tf.cast(bad, tf.float32), loss
+
+        @tf.function
+        def check(images, labels):
+            bad, loss = strategy.run(replica_check, args=(images, labels))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None))
+
+        return check, [name for name, _ in named]
+
+    def check_state(self) -> StateCheck:
+        """Whether the live state may be saved: finite float variables and probe loss.
+
+        The probe loss is that of one fixed batch of labeled training images, in
+        inference mode, with the raw and (EMA on) the EMA weights. Collective:
+        every worker must call it, and all get the same answer.
+        """
+        if self._check_fn is None:
+            self._check_fn, self._checked_names = self._make_check()
+        images, labels = self._probe_batch()
+        bad, raw = self._check_fn(images, labels)
+        loss = {"raw": float(raw)}
+        if self.ema.enabled:
+            with self.ema.swapped(self.student):
+                _, ema = self._check_fn(images, labels)
+            loss["EMA"] = float(ema)
+        names = [n for n, b in zip(self._checked_names, bad.numpy()) if b > 0]
+        return StateCheck(names, len(self._checked_names), loss, int(images.shape[0]))
+
+    def last_good_checkpoint(self):
+        """(the newest checkpoint that passes `check_state`, the newer ones that fail).
+
+        Restores each candidate, newest first, into the live objects: they hold
+        the good one afterwards (or the oldest candidate if none passes).
+        Collective, like `check_state`.
+        """
+        # The chief's list for every worker: the others' managers point to
+        # their deleted scratch directories, and all must check the same
+        # checkpoints in the same order.
+        state = tf.train.get_checkpoint_state(self.config.model_dir)
+        paths = list(state.all_model_checkpoint_paths) if state is not None else []
+        failed = []
+        for path in reversed(paths):
+            try:
+                self.checkpoint.read(path).expect_partial()
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                logging.warning("Cannot read %s: %s", path, e)
+                failed.append(path)
+                continue
+            check = self.check_state()
+            if check.ok:
+                self._weights_from = path
+                return path, failed
+            logging.warning("%s is not a good checkpoint: %s", path, check.describe())
+            failed.append(path)
+        self._weights_from = None
+        return None, failed
+
+    def _stop(self, what: str):
+        """Raises NonFiniteLossError: `what`, then the verified last good checkpoint."""
+        good, failed = self.last_good_checkpoint()
+        model_dir = self.config.model_dir
+        if good is not None:
+            where = (f"The last good checkpoint (finite variables and probe loss, checked "
+                     f"now) is {good}")
+            if failed:
+                where += (f"; newer ones fail the same check and must be deleted before "
+                          f"resuming from it: {', '.join(failed)}")
+            where += ". Resume with a lower --base_learning_rate (or other settings)."
+        elif failed:
+            where = (f"None of the checkpoints in {model_dir} ({', '.join(failed)}) passes the "
+                     f"same check: training must restart from scratch, in a new --model_dir, "
+                     f"with a lower --base_learning_rate.")
+        else:
+            where = (f"There is no earlier checkpoint in {model_dir}: training must restart "
+                     f"from scratch with a lower --base_learning_rate.")
+        raise NonFiniteLossError(f"{what} {where}", last_good=good)
+
     # ------------------------------------------------------------------ train
 
     @property
@@ -333,6 +500,8 @@ class Trainer:
         if step >= end:
             logging.info("Already trained to step %d (target %d)", step, end)
             return {}
+        # Before the training stream, at the same point of every run (resumed or not).
+        self._probe_batch()
         iterator = iter(self.train_dataset(step))
         if self._loop is None:
             self._loop = self._make_loop()
@@ -349,11 +518,10 @@ class Trainer:
             metrics = {k: float(v) for k, v in
                        self._loop(iterator, tf.constant(steps, tf.int32)).items()}
             elapsed = time.time() - tick
+            self._weights_from = None
             if not all(math.isfinite(v) for v in metrics.values()):
-                raise NonFiniteLossError(
-                    f"Non-finite training metrics between steps {step} and {step + steps}: "
-                    f"{metrics}. Stopped without saving; the last good checkpoint "
-                    f"({tf.train.latest_checkpoint(c.model_dir)}) is kept.")
+                self._stop(f"Non-finite training metrics between steps {step} and "
+                           f"{step + steps}: {metrics}. Stopped without saving.")
             step = self.step
             lr = float(self.schedule(step))
             metrics.update({"train/lr": lr, "train/epoch": float(self.schedule.epoch(step))})
@@ -378,10 +546,23 @@ class Trainer:
         return metrics
 
     def save(self, step: int) -> str:
-        """Writes a checkpoint; every worker must call it (only the chief's is kept)."""
+        """Checks the state (`check_state`), then writes a checkpoint.
+
+        Every worker must call it (only the chief's checkpoint is kept).
+
+        Raises:
+          NonFiniteLossError: the state is not finite; nothing is written, and
+            the message names the last checkpoint that passes the check.
+        """
+        check = self.check_state()
+        if not check.ok:
+            self._stop(f"Not saving step {step}: the state to save is not finite "
+                       f"({check.describe()}).")
         tf.io.gfile.makedirs(self._save_dir)
         path = self.manager.save(checkpoint_number=step)
-        if not self.is_chief:
+        if self.is_chief:
+            self._weights_from = path
+        else:
             tf.io.gfile.rmtree(self._save_dir)
         return path
 
@@ -419,8 +600,11 @@ class Trainer:
                     c.num_eval_images if split in ("dev", "validation") else None)
                 dataset = ip.eval_dataset(pattern, c.num_label_classes, c.eval_batch_size,
                                           student_view, max_images=limit)
+                source = (f"the {'EMA ' if self.ema.enabled else ''}weights of "
+                          f"{self._weights_from or f'{c.model_dir} at step {step}'} "
+                          f"on split {split!r}")
                 result = eval_lib.evaluate(self.student, dataset, c.num_label_classes,
-                                           c.label_smoothing)
+                                           c.label_smoothing, source=source)
                 result.update(split=split, global_step=step)
                 eval_lib.append_result(c.model_dir, result)
                 writer = tf.summary.create_file_writer(os.path.join(c.model_dir, f"eval_{split}"))
@@ -437,6 +621,7 @@ class Trainer:
         if path is None:
             raise FileNotFoundError(f"No checkpoint in {self.config.model_dir}")
         self.checkpoint.read(path).expect_partial()
+        self._weights_from = path
         return self.step
 
 

@@ -367,23 +367,23 @@ def test_multi_worker_training(digits_dir, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits_dir, tmp_path):
-    """A huge learning rate: steps 0-1 are fine (the LR starts at 0), the first update
-    at step 1 blows the weights up, so the loop of steps 2-3 has a NaN loss."""
+def test_non_finite_state_is_not_saved(digits_dir, tmp_path):
+    """A huge learning rate: steps 0-1 are fine (the LR starts at 0), the update at
+    step 1 blows the weights up, so the state of step 2 is not saved; no checkpoint
+    precedes it (more in test_finite_checkpoints.py)."""
     config = tiny_config(tmp_path, digits_dir, base_learning_rate=1e30)
     trainer = loop.Trainer(config)
     trainer.prepare()
     with pytest.raises(loop.NonFiniteLossError) as error:
         trainer.train(until_step=10)
     message = str(error.value)
-    assert "between steps 2 and 4" in message
-    assert str(tmp_path / "ckpt-2") in message
-    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-2")
-    assert checkpoint_steps(tmp_path) == [2]
-    assert not tf.io.gfile.glob(str(tmp_path / "ckpt-4*"))
-    # The checkpoint kept is finite.
-    assert all(np.all(np.isfinite(v)) for v in group_values(str(tmp_path / "ckpt-2"),
-                                                            "model").values())
+    assert message.startswith("Not saving step 2: the state to save is not finite (probe "
+                              "loss on 8 training images")
+    assert message.endswith(f"There is no earlier checkpoint in {tmp_path}: training must "
+                            "restart from scratch with a lower --base_learning_rate.")
+    assert error.value.last_good is None
+    assert checkpoint_steps(tmp_path) == []
+    assert not tf.io.gfile.glob(str(tmp_path / "ckpt-*"))
 
 
 def test_missing_label_data_dir(tmp_path, digits_dir):
