@@ -11,7 +11,9 @@ Precedence, lowest to highest:
      `--gin_param` (repeatable), e.g. `ExperimentConfig.train_batch_size = 128`;
   3. flags given explicitly on the command line.
 A flag left at its default never overrides gin. Unknown flags and unknown gin
-bindings are errors before any work starts.
+bindings are errors before any work starts, and so is a value of the wrong type or
+outside `RANGES`, whatever set it (`finalize`). Gin files and bindings may import only
+the project's and gin's own modules (`nst.safe_gin`).
 """
 
 import dataclasses
@@ -26,6 +28,9 @@ from absl import flags
 
 from nst import fileio
 from nst import recipes
+from nst import safe_gin
+from nst import settings_check
+from nst.settings_check import Range
 
 # Where our defaults deliberately differ from the original's, and why.
 DEFAULT_CHANGES = {
@@ -217,6 +222,51 @@ HELP = {
 
 MODES = ("train", "eval", "predict", "train_and_eval")
 
+# The values each number setting may take, whatever set it (flag, gin file, gin param);
+# `finalize` checks them with the field types. -1 and the like are the original's
+# "unset" / "off" values. Settings without an entry take any value of their type.
+RANGES = {
+    "num_label_classes": Range(1),
+    "num_train_images": Range(1),
+    "num_eval_images": Range(1),
+    "num_test_images": Range(1),
+    "num_train_shards": Range(1),
+    "input_image_size": Range(1),
+    # As nst.models.config.get_config requires: a rate of 1 would drop everything.
+    "dropout_rate": Range(0, 1, high_open=True),
+    "stochastic_depth_rate": Range(0, 1, high_open=True),
+    "depth_coefficient": Range(0, low_open=True),
+    "width_coefficient": Range(0, low_open=True),
+    "train_steps": Range(1),
+    "train_ratio": Range(0, low_open=True),
+    "train_last_step_num": Range(-1),
+    "train_batch_size": Range(1),
+    "eval_batch_size": Range(1),
+    "iterations_per_loop": Range(1),
+    "save_checkpoints_steps": Range(1),
+    "keep_checkpoint_max": Range(1),  # tf.train.CheckpointManager refuses 0
+    "eval_timeout": Range(0),
+    "base_learning_rate": Range(0),
+    "final_base_lr": Range(0),
+    "moving_average_decay": Range(high=1),  # <= 0 disables EMA
+    "weight_decay": Range(0),
+    "label_smoothing": Range(0, 1),
+    "unlabel_ratio": Range(0),
+    "teacher_softmax_temp": Range(0, low_open=True, also=(-1,)),
+    "teacher_image_size": Range(1),
+    # The share of labeled losses kept: nst.train.objective divides by it.
+    "label_data_sample_prob": Range(0, 1, low_open=True),
+    "randaug_mag": Range(0),
+    "randaug_layer": Range(0),
+    "num_shards_per_group": Range(-2),  # -1 auto, -2 all (nst.models.group_norm)
+    "seed": Range(0),  # numpy's seeds are non-negative
+    "num_shards": Range(1),
+    "total_replicas": Range(1),
+    "worker_id": Range(0),
+    "predict_batch_size": Range(1),
+    "num_sample_images": Range(0),
+}
+
 # Per-task defaults (§2.1 step 1-2, §8.1, §9.1).
 TASKS = {
     "imagenet": dict(num_train_images=1281167, num_eval_images=50000, normalization="imagenet"),
@@ -294,7 +344,7 @@ def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
     gin.clear_config()
     try:
         try:
-            gin.parse_config_files_and_bindings(gin_files, list(gin_params))
+            safe_gin.parse_config_files_and_bindings(gin_files, list(gin_params))
         except (ValueError, KeyError, SyntaxError) as e:
             raise ValueError(f"Bad gin configuration: {e}") from e
         config = ExperimentConfig()
@@ -309,11 +359,26 @@ def build_config(gin_files: List[str] = (), gin_params: List[str] = (),
     if unknown:
         raise ValueError(f"Unknown settings: {sorted(unknown)}")
     config = dataclasses.replace(config, **overrides)
-    return finalize(config)
+    # A value that is neither an explicit flag nor the (valid) default came from gin.
+    sources = {f.name: f"set by --{f.name}" if f.name in overrides else "set in gin"
+               for f in _fields()}
+    return finalize(config, sources)
 
 
-def finalize(config: ExperimentConfig) -> ExperimentConfig:
-    """Applies task rules (§2.1) and checks values; returns a new config."""
+def check(config: ExperimentConfig, sources: Optional[Dict[str, str]] = None,
+          where: str = ""):
+    """Raises `settings_check.SettingError` for a value of the wrong type or outside
+    `RANGES`; `sources` ({field: "set by --x"}) and `where` ("teacher: ") name it."""
+    settings_check.check(config, RANGES, sources=sources, where=where)
+
+
+def finalize(config: ExperimentConfig,
+             sources: Optional[Dict[str, str]] = None) -> ExperimentConfig:
+    """Checks values, applies task rules (§2.1); returns a new config.
+
+    `sources` ({field: "set by --x"}) names where a refused value came from.
+    """
+    check(config, sources)
     settings = dataclasses.replace(config)
     if config.mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {config.mode!r}")
@@ -344,8 +409,6 @@ def finalize(config: ExperimentConfig) -> ExperimentConfig:
         raise ValueError(f"--unl_aug must be default, empty or v1, got {config.unl_aug!r}")
     if config.teacher_model_name and not config.teacher_model_path:
         raise ValueError("--teacher_model_name needs --teacher_model_path")
-    if config.train_batch_size < 1 or config.iterations_per_loop < 1:
-        raise ValueError("--train_batch_size and --iterations_per_loop must be positive")
     # What the user asked for, before the rules above: `write_effective_config`
     # records it as gin, so that replaying the file repeats the run (finalize
     # is not idempotent: train_ratio scales the steps each time).

@@ -12,6 +12,10 @@ Gin files configure two things:
 Precedence: ExperimentConfig defaults < unscoped < role scope < iteration scope < what the
 pipeline sets itself (data dirs, model dirs, teacher paths, mode, seed). PipelineConfig:
 defaults < gin files < gin params < command-line flags (--run_dir, --seed, ...).
+
+`plan` checks every PipelineConfig setting and every stage's ExperimentConfig settings for
+type and range (`RANGES`, `nst.config.RANGES`) before it plans anything; gin files and
+bindings may import only the project's and gin's own modules (`nst.safe_gin`).
 """
 
 import dataclasses
@@ -26,13 +30,17 @@ from absl import logging
 from nst import config as config_lib
 from nst import fileio
 from nst import recipes
+from nst import safe_gin
+from nst import settings_check
 from nst.data import readers
 from nst.data.sources import digits
 from nst.data.sources import fashion_mnist
 from nst.models import config as model_config
 from nst.models import flops
+from nst.pseudo import filter_config
 from nst.pseudo.filter_config import FilterConfig
 from nst.recipes import resolve_gin_file  # noqa: F401  (re-exported: the one resolver)
+from nst.settings_check import Range
 
 DEFAULT_GIN_FILE = "digits/noisy_student.gin"
 QUICK_GIN_FILE = "digits/quick.gin"
@@ -139,6 +147,21 @@ class PipelineConfig:
         return self.label_data_dir, self.unlabel_data_dir
 
 
+# The values each number setting of PipelineConfig may take (checked by `plan`, whatever
+# set it); the settings passed on to the stages keep the stages' rules.
+RANGES = {
+    "unlabeled_num_shards": Range(0),  # 0 = count the files
+    "labels_per_class": Range(1),
+    "data_seed": Range(0),
+    "dev_per_class": Range(0),
+    "num_iterations": Range(1),
+    "min_threshold": filter_config.RANGES["min_threshold"],
+    "num_image": Range(0),  # 0 = unlabeled images / classes
+    "predict_batch_size": config_lib.RANGES["predict_batch_size"],
+    "seed": config_lib.RANGES["seed"],
+}
+
+
 def _stage_settings(scopes: List[str]) -> config_lib.ExperimentConfig:
     """An ExperimentConfig under the active gin bindings and the nested `scopes`."""
     if not scopes:
@@ -180,15 +203,29 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
     recipes.add_search_path()
     try:
         try:
-            gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files],
-                                                list(gin_params))
+            safe_gin.parse_config_files_and_bindings(
+                [resolve_gin_file(f) for f in gin_files], list(gin_params))
         except (ValueError, KeyError, SyntaxError) as e:
             raise ValueError(f"Bad gin configuration: {e}") from e
-        pipeline = dataclasses.replace(PipelineConfig(), **(overrides or {}))
+        overrides = dict(overrides or {})
+        pipeline = dataclasses.replace(PipelineConfig(), **overrides)
+        # Defaults are valid: a refused value is a flag's or gin's.
+        settings_check.check(pipeline, RANGES, sources={
+            f.name: f"set by --{f.name}" if f.name in overrides else "set in gin"
+            for f in dataclasses.fields(PipelineConfig)})
         roles = {"teacher": _stage_settings(["teacher"]),
                  "finetune": _stage_settings(["finetune"])}
         students = [_stage_settings(["student", f"iteration_{i}"])
                     for i in range(1, pipeline.num_iterations + 1)]
+        # As gin left them: what the pipeline sets itself below comes from the checked
+        # PipelineConfig.
+        gin_set = {f.name: "set in gin"
+                   for f in dataclasses.fields(config_lib.ExperimentConfig)}
+        config_lib.check(roles["teacher"], gin_set, "teacher: ")
+        if pipeline.finetune:
+            config_lib.check(roles["finetune"], gin_set, "finetune: ")
+        for i, student in enumerate(students, 1):
+            config_lib.check(student, gin_set, f"student {i}: ")
     finally:
         gin.clear_config()
     _check(pipeline, check_data)
@@ -306,9 +343,6 @@ def _check(pipeline: PipelineConfig, check_data: bool = True):
         raise ValueError(f"PipelineConfig.dataset must be one of "
                          f"{sorted(GENERATED_DATASETS) + ['records']}, got "
                          f"{pipeline.dataset!r}")
-    if pipeline.num_iterations < 1:
-        raise ValueError(f"PipelineConfig.num_iterations must be >= 1, got "
-                         f"{pipeline.num_iterations}")
     if not pipeline.run_dir:
         raise ValueError("--run_dir (PipelineConfig.run_dir) is required")
     if pipeline.dataset == "records" and check_data:

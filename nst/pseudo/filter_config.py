@@ -16,9 +16,11 @@ from typing import Dict, List
 from absl import flags
 
 from nst import fileio
+from nst import settings_check
 from nst.data import writers
 from nst.pseudo import histogram as hist_lib
 from nst.pseudo import layout as layout_lib
+from nst.settings_check import Range
 
 # Flags whose values the thresholds depend on; `select_shard` refuses to mix them.
 _REDUCE_KEYS = ("num_label_classes", "num_image", "min_threshold", "max_prob", "use_top",
@@ -61,14 +63,9 @@ class FilterConfig:
     shuffle_buffer: int = 10000
 
     def __post_init__(self):
+        settings_check.check(self, RANGES)
         if not self.output_dir:
             raise ValueError("output_dir is required")
-        if self.num_shards < 1 or self.total_replicas < 1 or self.num_label_classes < 1:
-            raise ValueError("num_shards, total_replicas and num_label_classes must be >= 1")
-        if self.num_image < 1:
-            raise ValueError(f"num_image must be >= 1, got {self.num_image}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
         hist_lib.grid_index(self.min_threshold)  # off-grid: clear error up front
         if not self.max_prob > self.min_threshold:
             raise ValueError(f"max_prob={self.max_prob} must exceed "
@@ -193,7 +190,20 @@ HELP = {
 INT_BOOL_FLAGS = ("upsample", "use_top")
 # Flag defaults of the fields without one (required: FilterConfig names a missing one).
 _REQUIRED_FLAG_DEFAULTS = {"input_dir": "", "output_dir": ""}
-_FLAG_BOUNDS = {"seed": dict(lower_bound=0)}
+# The values each number setting may take: `FilterConfig` checks them, whatever set it,
+# and the binaries' flags carry them as absl bounds. The cross-field rules
+# (only_use_num_shards, max_prob) and min_threshold's 0.01 grid stay in
+# `FilterConfig.__post_init__`.
+RANGES = {
+    "num_shards": Range(1),
+    "total_replicas": Range(1),
+    "num_label_classes": Range(1),
+    "num_image": Range(1),
+    "min_threshold": Range(0, 1),
+    "upsample": Range(0, 1),  # 0/1 integer flags
+    "use_top": Range(0, 1),
+    "seed": Range(0),
+}
 
 
 def _flag_kind(field) -> str:
@@ -223,7 +233,7 @@ def flag_definitions() -> List[tuple]:
     """(absl type, name, default, help, extra keyword arguments) of each FilterConfig
     field's flag, in field order."""
     return [(_flag_kind(field), field.name, _flag_default(field), HELP[field.name],
-             dict(_FLAG_BOUNDS.get(field.name, {})))
+             RANGES[field.name].flag_bounds() if field.name in RANGES else {})
             for field in dataclasses.fields(FilterConfig)]
 
 
