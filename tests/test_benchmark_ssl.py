@@ -171,3 +171,42 @@ def test_finished_runs_are_archived_and_taken_from_the_archive_on_another_machin
         assert json.load(open(tmp_path / "out.json"))["tables"] == tables
     finally:
         tool.FLAGS.unparse_flags()
+
+
+def test_peers_of_an_archived_only_seed_use_a_rerun_data_stage(tmp_path, monkeypatch):
+    """On a fresh machine whose main run of a seed is only in the archive, the peers are
+    fitted on that seed's data made again (`--until=data` in seed_<s>/teacher), which the
+    ablations' teacher then shares."""
+    from nst import peers as peers_lib
+
+    tool = _tool()
+    calls, loaded = [], []
+    store = tmp_path / "archive"
+    store.mkdir()
+    main = {"stages": [{"name": "teacher", "iteration": 0, "model_dir": "/elsewhere/t",
+                        "metrics": {"test": {"top_1_accuracy": 0.4}}}]}
+    with open(store / "seed_3_main.json", "w") as f:
+        json.dump({"results": main, "seconds": 1.0}, f)
+
+    def fake_pipeline(run_dir, seed, params, log_path, extra_flags=()):
+        calls.append((os.path.relpath(run_dir, tmp_path / "work"), tuple(extra_flags)))
+        os.makedirs(run_dir, exist_ok=True)
+        return main
+
+    def fake_load(data_dir, num_classes, crop=0):
+        loaded.append(os.path.relpath(data_dir, tmp_path / "work"))
+        return {}
+
+    fitted = {name: {"test": 0.7, "dev": 0.6, "param": 1.0} for name in peers_lib.NAMES}
+    monkeypatch.setattr(tool, "_pipeline", fake_pipeline)
+    monkeypatch.setattr(peers_lib, "load_run_data", fake_load)
+    monkeypatch.setattr(peers_lib, "fit_peers", lambda data, seed: fitted)
+    tool.FLAGS(["benchmark_ssl", "--dataset=fashion_mnist", "--seeds=3", "--ablations=none",
+                f"--work_dir={tmp_path / 'work'}", f"--archive_dir={store}"])
+    try:
+        tool.main([])
+    finally:
+        tool.FLAGS.unparse_flags()
+    assert calls == [("seed_3/teacher", ("--until=data",))]
+    assert loaded == ["seed_3/teacher/data"]
+    assert json.load(open(store / "seed_3_peers.json"))["results"] == fitted

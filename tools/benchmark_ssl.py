@@ -36,7 +36,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import app, flags
@@ -208,18 +208,28 @@ def run_seconds(run_dir: str) -> float:
     return total
 
 
+def _rerun_dir(seed, until: str) -> Tuple[str, Optional[Dict]]:
+    """The main run's directory of a seed and None, or, when the main run came from the
+    archive (another machine), <work_dir>/seed_<s>/teacher with the main recipe's stages up
+    to `until` run again there (the data stage is deterministic given the seed) and their
+    results."""
+    main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
+    if os.path.exists(main_dir):
+        return main_dir, None
+    rerun_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "teacher")
+    return rerun_dir, _pipeline(
+        rerun_dir, int(seed), _data_params(int(seed)) + FLAGS.gin_param,
+        os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_teacher.log"), [f"--until={until}"])
+
+
 def _ablation_base(seed, main_results: Dict) -> Dict:
     """Teacher and data for the ablations of a seed: the main run's, or, when the main run
-    came from the archive (another machine), its data and teacher stages run again in
-    <work_dir>/seed_<s>/teacher (a retrained teacher; its accuracy is logged beside the
-    archived one)."""
-    main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")
-    results = main_results
-    if not os.path.exists(main_dir):
-        main_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "teacher")
-        results = _pipeline(main_dir, int(seed), _data_params(int(seed)) + FLAGS.gin_param,
-                            os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_teacher.log"),
-                            ["--until=teacher"])
+    came from the archive, a retrained teacher in <work_dir>/seed_<s>/teacher (its accuracy
+    is logged beside the archived one)."""
+    main_dir, results = _rerun_dir(seed, "teacher")
+    if results is None:
+        results = main_results
+    else:
         print(f"seed {seed}: teacher retrained for the ablations: test top-1 "
               f"{_top1(_stage(results, 0), 'test')} (archived main run: "
               f"{_top1(_stage(main_results, 0), 'test')})", flush=True)
@@ -371,7 +381,7 @@ def main(argv):
                 fitted = stored["results"]
             else:
                 data = peers_lib.load_run_data(
-                    os.path.join(FLAGS.work_dir, f"seed_{seed}", "main", "data"),
+                    os.path.join(_rerun_dir(seed, "data")[0], "data"),
                     num_classes=10, crop=dataset.crop)
                 fitted = peers_lib.fit_peers(data, seed=int(seed))
                 fileio.atomic_write_text(path, json.dumps(fitted, indent=2))
