@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from nst import fileio, filter_unlabel  # noqa: E402
+from nst import cli_errors, fileio, filter_unlabel  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
 from nst.pseudo import filter_config  # noqa: E402
 from nst.pseudo import histogram as hist_lib  # noqa: E402
@@ -144,15 +144,25 @@ def _shard_keys(shards, total_replicas: int) -> List[ShardKey]:
     return [(s, t) for s in shards for t in range(total_replicas)]
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: filter_config.FilterConfig):
-    """Adds both passes to `pipeline`; returns the PCollection of the one final-stats dict."""
+def _keys(pipeline, label: str, keys: List[ShardKey], after=None):
+    """The (shard, task) keys as a PCollection: created at once, or, with `after` (a
+    PCollection of one element), only once that element exists, so that the pass reads
+    files which an earlier part of the same pipeline writes (`nst.pseudo.beam_predict`)."""
+    if after is None:
+        return pipeline | label >> beam.Create(keys)
+    return after | label >> beam.FlatMap(lambda _, keys: list(keys), keys)
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: filter_config.FilterConfig,
+                   after=None):
+    """Adds both passes to `pipeline`; returns the PCollection of the one final-stats dict.
+    `after`: a one-element PCollection the passes wait for (`_keys`)."""
     if not config.input_dir:
         raise ValueError("--input_dir is required")
     # Reshuffle after Create: the runner may then spread the pairs over workers instead of
     # fusing them into the single bundle that Create makes.
-    hists = (pipeline
-             | "HistogramKeys" >> beam.Create(
-                 _shard_keys(config.histogram_shards(), config.total_replicas))
+    hists = (_keys(pipeline, "HistogramKeys",
+                   _shard_keys(config.histogram_shards(), config.total_replicas), after)
              | "SpreadHistograms" >> beam.Reshuffle()
              | "ShardHistograms" >> beam.ParDo(ShardHistogramFn(config)))
     thresholds = (hists
@@ -160,9 +170,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: filter_config.FilterConfig):
                       SumHistograms(config.num_label_classes))
                   | "PublishThresholds" >> beam.Map(_publish, config))
     # Selection runs on every shard, also with --only_use_num_shards (as locally).
-    selected = (pipeline
-                | "SelectKeys" >> beam.Create(_shard_keys(range(config.num_shards),
-                                                          config.total_replicas))
+    selected = (_keys(pipeline, "SelectKeys",
+                      _shard_keys(range(config.num_shards), config.total_replicas), after)
                 | "SpreadSelection" >> beam.Reshuffle()
                 | "SelectShards" >> beam.ParDo(SelectShardFn(config),
                                                beam.pvalue.AsSingleton(thresholds)))
@@ -270,27 +279,20 @@ def run(flag_values=FLAGS, beam_argv: Sequence[str] = ()) -> Dict:
 
 
 def main(argv):
-    try:
-        final = run(FLAGS, argv[1:])
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # message, no traceback
-        logging.error("%s", e)
-        sys.exit(1)
+    final = run(FLAGS, argv[1:])  # errors: one line (nst.cli_errors, via cli)
     logging.info("Filter done: %d records", final["total_cnt"])
 
 
 def _parse_flags(argv: Sequence[str], flag_values=FLAGS) -> List[str]:
-    """app.run's flags_parser: this tool's flags, the rest is passed on to Beam."""
-    try:
-        return [argv[0]] + split_argv(argv, flag_values)
-    except flags.Error as e:  # a bad value of one of this tool's flags, or an unknown flag
-        sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull "
-                         f"to see help on flags.\n")
-        sys.exit(1)
+    """app.run's flags_parser: this tool's flags, the rest is passed on to Beam. A bad
+    value of one of this tool's flags, or an unknown flag, raises flags.Error, which
+    `cli_errors.run` prints as one line."""
+    return [argv[0]] + split_argv(argv, flag_values)
 
 
 def cli():
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    cli_errors.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,14 @@ class Predictor:
         return self._run(distributed).numpy()[:n]
 
 
+def eval_pixels(view: ip.ViewConfig, image: tf.Tensor) -> tf.Tensor:
+    """Encoded image (scalar tf.string) -> the teacher's input, float32 [S, S, 3] in
+    0..255 (decode, eval view). The one definition for the local job's reader and the Beam
+    job's model handler (`nst.pseudo.beam_predict`), so both feed the model the same
+    pixels."""
+    return view.eval(preprocess.decode_image(image))
+
+
 def _job_dataset(files: List[str], replicas: int, worker: int, record_format: str,
                  num_classes: int, view: ip.ViewConfig, batch_size: int, skip_corrupt: bool,
                  skipped, check_images: bool) -> tf.data.Dataset:
@@ -210,7 +218,7 @@ def _job_dataset(files: List[str], replicas: int, worker: int, record_format: st
         records = records.filter(lambda r: tf.equal(r["index"] % replicas, worker))
 
     def make(record):
-        pixels = view.eval(preprocess.decode_image(record["image"]))
+        pixels = eval_pixels(view, record["image"])
         return {"pixels": pixels, "image": record["image"], "id": record["id"],
                 "index": record["index"], "file": record["file"],
                 "true_label": record["true_label"]}
@@ -362,6 +370,12 @@ class _SliceOutput:
     def abort(self):
         for w in self.writers:
             w.abort()
+
+
+# The writer of one slice's outputs, public for the Beam job (`nst.pseudo.beam_predict`),
+# which hands it each shard's rows in file order: the records, info file, count checks and
+# atomic publishing are then exactly those of `--mode=predict`.
+SliceOutput = _SliceOutput
 
 
 def predict_slices(slices: List[Slice], predictor: Predictor,
