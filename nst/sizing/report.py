@@ -1,0 +1,107 @@
+"""The docs/tpu.md tables (`--markdown`) and the measured checks (`--check`)."""
+
+import json
+import subprocess
+
+from nst.sizing import devices, estimate as estimate_lib, measure, recipe, timing
+
+GIB = 2 ** 30
+MODELS = [f"efficientnet-b{i}" for i in range(8)] + ["efficientnet-l2"]
+TABLE_BATCH = 32  # per replica, for the memory and step-time columns
+ACCELERATORS = sorted(devices.DEVICES)
+RECIPES = [("imagenet/noisy_student_l2.gin", "tpu-v3", 2048),
+           ("imagenet/noisy_student_l2.gin", "tpu-v4", 1024),
+           ("imagenet/noisy_student_l2.gin", "tpu-v5p", 1024),
+           ("imagenet/noisy_student_l2.gin", "h100", 1024),
+           ("svhn/pipeline_online.gin", "tpu-v3", 8)]
+# The paper (§3 of Xie et al. 2019): EfficientNet-L2 trains in about 6 days on a
+# 2048-core TPU v3 pod when the unlabeled batch is 14x the labeled one.
+PAPER_L2_DAYS = 6.0
+
+
+def _models_table(utilization):
+    lines = [f"Per replica, bfloat16, supervised (U = 0); memory and step time at "
+             f"B = {TABLE_BATCH} per replica, {utilization:.0%} of peak.", "",
+             "| model | px | device | fixed GiB | act. MiB/img | GiB at B=32 | largest B | "
+             "step s at B=32 |", "|---|---|---|---|---|---|---|---|"]
+    for name in MODELS:
+        job = recipe.from_model(name, None, TABLE_BATCH, "bfloat16")
+        for device in ACCELERATORS:
+            e = estimate_lib.estimate(job, device, 1, utilization)
+            lines.append(
+                f"| {name} | {job.image_size} | {device} | {sum(e.fixed.values()) / GIB:.2f} | "
+                f"{e.student_row_bytes / 2 ** 20:.0f} | {e.step_bytes / GIB:.1f} | "
+                f"{e.largest_batch} | {e.step_seconds:.3f} |")
+    return lines
+
+
+def _recipes_table(utilization):
+    lines = [f"Days per stage at {utilization:.0%} of peak (B, U per replica from the "
+             "recipe's batch and unlabel_ratio; `fits` compares B with the largest B).", "",
+             "| recipe | device x replicas | stage | model | px | B + U | GiB/replica | "
+             "largest B | s/step | days |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for gin_file, device, n in RECIPES:
+        total = 0.0
+        for job in recipe.from_gin(gin_file):
+            e = estimate_lib.estimate(job, device, n, utilization)
+            total += e.days
+            lines.append(
+                f"| {gin_file} | {n} x {device} | {job.name} | {job.student.name} | "
+                f"{job.image_size} | {e.labeled} + {e.unlabeled} | {e.step_bytes / GIB:.1f}"
+                f"{'' if e.fits else ' (does not fit)'} | {e.largest_batch} | "
+                f"{e.step_seconds:.3f} | {e.days:.2f} |")
+        lines.append(f"| {gin_file} | {n} x {device} | **all** | | | | | | | **{total:.1f}** |")
+    return lines
+
+
+def l2_reconciliation():
+    """(days of one ratio-14 L2 student at 100 % of peak, utilisation giving 6 days)."""
+    jobs = [j for j in recipe.from_gin("imagenet/noisy_student_l2.gin")
+            if j.name == "student-1"]
+    e = estimate_lib.estimate(jobs[0], "tpu-v3", 2048, 1.0)
+    return e.days, e.days / PAPER_L2_DAYS
+
+
+def markdown(utilization=timing.DEFAULT_UTILIZATION) -> str:
+    ideal, reconciling = l2_reconciliation()
+    lines = _models_table(utilization) + [""] + _recipes_table(utilization) + [
+        "", f"One EfficientNet-L2 student of the L2 recipe (475 px, U = 14 B) on 2048 TPU v3 "
+        f"cores: {ideal:.2f} days at 100 % of peak; the paper's ~{PAPER_L2_DAYS:.0f} days "
+        f"correspond to {reconciling:.1%} utilisation."]
+    devs = ["", "| device | per | memory GiB | bf16 TFLOP/s | fp32 TFLOP/s | source |",
+            "|---|---|---|---|---|---|"]
+    for name in ACCELERATORS:
+        d = devices.DEVICES[name]
+        fp32 = f"{d['fp32_tflops']:.1f}" + (f" ({d['fp32_note']})" if "fp32_note" in d else "")
+        devs.append(f"| {name} | {d['per']} | {d['memory_bytes'] / GIB:.1f} | "
+                    f"{d['bf16_tflops']:.1f} | {fp32} | {d['source']} |")
+    return "\n".join(devs[1:] + [""] + lines)
+
+
+CASES = [("efficientnet-b0", 32, True, (16, 80), 3),
+         ("efficientnet-b0", 224, False, (2, 8), 2)]
+
+
+def _load():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def check(cases=CASES) -> str:
+    """Estimates against measured steps on this CPU, with the load average."""
+    gflops = devices.measure_cpu_gflops()
+    rows = [f"this CPU: {gflops:.0f} GFLOP/s float32 matmul; {_load()}",
+            "| model | px | batches | act. MiB/img est. | measured | ratio | "
+            "step s est. | measured | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    results = []
+    for case in cases:
+        r = measure.check_case(*case, cpu_gflops=gflops)
+        results.append(r)
+        a, s = r["activation_mib_per_row"], r["step_seconds"]
+        rows.append(f"| {r['model']} | {r['image_size']} | {r['batches']} | "
+                    f"{a['estimate']:.2f} | {a['measured']:.2f} | {a['ratio']:.2f} | "
+                    f"{s['estimate']:.3f} | {s['measured']:.3f} | {s['ratio']:.2f} |")
+    ideal, reconciling = l2_reconciliation()
+    rows.append(f"L2 student on 2048 TPU v3 cores: {ideal:.2f} days at 100 % of peak; paper "
+                f"~{PAPER_L2_DAYS:.0f} days -> {reconciling:.1%} utilisation")
+    rows.append(f"after: {_load()}")
+    return "\n".join(rows) + "\n" + json.dumps(results)
