@@ -1,0 +1,1 @@
+"""Robustness: ImageNet-C style corruptions (corruptions.py) and their evaluation."""
