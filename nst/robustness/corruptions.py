@@ -317,26 +317,22 @@ def _motion_blur(x, c, rng):
     return out
 
 
-def _interp_matrix(positions, n):
-    """[len(positions), n] matrix of linear interpolation at float `positions` of a
-    length-n signal, edges clamped; bilinear resampling is then two matrix products."""
+def _interp_axis(x, positions, axis):
+    """Linear interpolation of `x` along `axis` at float `positions`, edges clamped."""
+    n = x.shape[axis]
     positions = np.clip(positions, 0, n - 1)
     low = np.floor(positions).astype(np.int64)
     high = np.minimum(low + 1, n - 1)
-    frac = positions - low
-    matrix = np.zeros((len(positions), n))
-    rows = np.arange(len(positions))
-    np.add.at(matrix, (rows, low), 1 - frac)
-    np.add.at(matrix, (rows, high), frac)
-    return matrix
+    shape = [1] * x.ndim
+    shape[axis] = len(positions)
+    frac = (positions - low).astype(x.dtype).reshape(shape)
+    return np.take(x, low, axis=axis) * (1 - frac) + np.take(x, high, axis=axis) * frac
 
 
 def _separable_resample(x, ys, xs):
-    """[H, W, C] `x` sampled on the grid ys x xs (1-D float positions), bilinear."""
-    rows = _interp_matrix(ys, x.shape[0]).astype(x.dtype)
-    cols = _interp_matrix(xs, x.shape[1]).astype(x.dtype)
-    x = np.tensordot(rows, x, axes=(1, 0))
-    return np.moveaxis(np.tensordot(cols, x, axes=(1, 1)), 0, 1)
+    """[H, W, C] `x` sampled on the grid ys x xs (1-D float positions), bilinear:
+    one pass per axis (gathers, no dense matrix)."""
+    return _interp_axis(_interp_axis(x, ys, 0), xs, 1)
 
 
 def _zoom(x, factor):
