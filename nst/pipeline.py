@@ -70,6 +70,11 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
         return [shlex.join(["nst-main", f"--gin_file={gin_file}", f"--shard_id={shard}"])
                 for shard in range(stage.settings.num_shards)]
     f = stage.filter_config
+    if stage.kind == "pseudo_label":
+        from nst.pseudo import beam_predict  # Beam is an extra: only for this stage
+        return [shlex.join(["nst-pseudo-label-beam", f"--gin_file={gin_file}"]
+                           + beam_predict.filter_flags(f)
+                           + shlex.split(stage.beam_args))]
     # Every FilterConfig field, generated from the config: a new field cannot be left out.
     base = ["nst-filter-unlabel"] + f.to_flags()
     shards = range(f.num_shards)
@@ -130,9 +135,27 @@ def _run_predict(stage: Stage, run_dir: str) -> Dict:
 
 
 def _run_filter(stage: Stage) -> Dict:
+    filter_lib.run_all(stage.filter_config)  # the four steps, resuming where they stopped
+    return _pseudo_label_summary(stage)
+
+
+def _run_pseudo_label(stage: Stage, run_dir: str) -> Dict:
+    """predict + filter as one Beam job (`nst.pseudo.beam_predict`); a rerun skips the
+    shards it predicted and the filter steps it finished, as the local stages do."""
+    from nst.pseudo import beam_predict
+    config = config_lib.finalize(config_lib.build_config(
+        [os.path.join(run_dir, "configs", f"{stage.name}.gin")]))
+    beam_predict.run_pseudo_label_beam(config, stage.filter_config,
+                                       shlex.split(stage.beam_args))
+    _clear_keras()
+    return _pseudo_label_summary(stage)
+
+
+def _pseudo_label_summary(stage: Stage) -> Dict:
+    """The filter's numbers for the report (`report.pseudo_label_summary`, accuracy of
+    the pseudo labels before and after filtering); ValueError if nothing was kept."""
     from nst import report
     f = stage.filter_config
-    filter_lib.run_all(f)  # the four steps, resuming where an earlier run stopped
     summary = report.pseudo_label_summary(f)
     if not summary["total_after"]:
         raise ValueError(
@@ -166,6 +189,8 @@ def run_stage(stage: Stage, run_dir: str) -> Dict:
         summary = _run_train(stage, run_dir)
     elif stage.kind == "predict":
         summary = _run_predict(stage, run_dir)
+    elif stage.kind == "pseudo_label":
+        summary = _run_pseudo_label(stage, run_dir)
     else:
         summary = _run_filter(stage)
     summary = dict(summary, stage=stage.name, kind=stage.kind, iteration=stage.iteration,
@@ -182,7 +207,9 @@ def results_for_report(pipeline: pc.PipelineConfig, stages: List[Stage],
         if stage.kind != "train":
             continue
         done = summaries.get(stage.name, {})
-        pseudo = summaries.get(f"filter-{stage.iteration}", {}).get("pseudo_labels")
+        pseudo = (summaries.get(f"filter-{stage.iteration}")
+                  or summaries.get(f"pseudo-label-{stage.iteration}") or {}).get(
+                      "pseudo_labels")
         entries.append({"name": stage.name, "iteration": stage.iteration,
                         "model_name": stage.settings.model_name, "model_dir": stage.directory,
                         "metrics": done.get("metrics"),
@@ -217,7 +244,7 @@ def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = Fals
         logging.info("[%d/%d] %s (%s) -> %s   (%.0f s into this run)", number, len(stages),
                      stage.name, stage.kind, stage.directory, time.time() - start)
         summaries[stage.name] = run_stage(stage, run_dir)
-        if stage.kind in ("train", "filter"):
+        if stage.kind in ("train", "filter", "pseudo_label"):
             report.write_report(run_dir, results_for_report(pipeline, stages, summaries))
         if stage.name == until:
             logging.info("Stopping after %s (--until)", until)

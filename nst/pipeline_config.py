@@ -40,7 +40,7 @@ from nst.models import flops
 from nst.pseudo import filter_config
 from nst.pseudo.filter_config import FilterConfig
 from nst.recipes import resolve_gin_file  # noqa: F401  (re-exported: the one resolver)
-from nst.settings_check import Range
+from nst.settings_check import OneOf, Range
 
 DEFAULT_GIN_FILE = "digits/noisy_student.gin"
 QUICK_GIN_FILE = "digits/quick.gin"
@@ -56,9 +56,11 @@ DONE_FILE = "stage_done.json"
 class Stage:
     """One step of the loop.
 
-    kind: data | train | predict | filter. `settings` (train, predict) is the stage's
-    ExperimentConfig before `finalize`, written to `configs/<name>.gin`; `filter_config`
-    (filter) the FilterConfig; `data_args` (data) the digits arguments.
+    kind: data | train | predict | filter | pseudo_label. `settings` (train, predict,
+    pseudo_label) is the stage's ExperimentConfig before `finalize`, written to
+    `configs/<name>.gin`; `filter_config` (filter, pseudo_label) the FilterConfig;
+    `data_args` (data) the digits arguments. pseudo_label = predict + filter as one Beam
+    job (PipelineConfig.pseudo_label_runner = "beam"); its directory is the filter's.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Stage:
     filter_config: Optional[FilterConfig] = None
     data_args: Optional[Dict] = None
     role: str = ""  # train: teacher | student | finetune
+    beam_args: str = ""  # pseudo_label: the Beam job's pipeline options
 
     @property
     def done_path(self) -> str:
@@ -107,6 +110,12 @@ class PipelineConfig:
       min_threshold, num_image, upsample, use_top, use_all: the filter (§4; num_image 0 =
         unlabeled images / classes).
       predict_batch_size: images per teacher call in the predict stage.
+      pseudo_label_runner: "local" runs predict and filter as two stages of local jobs;
+        "beam" runs both as one stage, the Beam job `nst-pseudo-label-beam`
+        (`nst.pseudo.beam_predict`), with the same outputs in the same places.
+      pseudo_label_beam_args: that job's Beam pipeline options, one shell-quoted string
+        (default: the in-process DirectRunner), e.g. "--runner=DirectRunner
+        --direct_num_workers=2 --direct_running_mode=multi_processing".
       student_noise: False trains students without RandAugment, dropout and stochastic
         depth (the "student without noise" baseline).
       finetune: after the last student, fine-tune at a higher resolution on labeled
@@ -135,6 +144,8 @@ class PipelineConfig:
     use_top: bool = True
     use_all: bool = False
     predict_batch_size: int = 256
+    pseudo_label_runner: str = "local"
+    pseudo_label_beam_args: str = ""
     student_noise: bool = True
     finetune: bool = False
     seed: int = 0
@@ -159,6 +170,7 @@ RANGES = {
     "num_image": Range(0),  # 0 = unlabeled images / classes
     "predict_batch_size": config_lib.RANGES["predict_batch_size"],
     "seed": config_lib.RANGES["seed"],
+    "pseudo_label_runner": OneOf(("local", "beam")),
 }
 
 
@@ -274,9 +286,7 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                 shard_id=f"0-{num_shards - 1}", file_prefix=pipeline.unlabeled_prefix,
                 predict_batch_size=pipeline.predict_batch_size, seed=pipeline.seed,
                 teacher_model_name=None, teacher_model_path=None, model_dir=None)
-            stages.append(Stage(f"predict-{i}", "predict", i, predictions, settings=predict))
-            stages.append(Stage(f"filter-{i}", "filter", i, filtered,
-                                filter_config=FilterConfig(
+            filter_settings = FilterConfig(
                                     input_dir=predictions, output_dir=filtered,
                                     file_prefix=pipeline.unlabeled_prefix,
                                     num_shards=num_shards, num_label_classes=num_classes,
@@ -284,7 +294,16 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                                         pipeline, num_classes) if check_data else 1),
                                     min_threshold=pipeline.min_threshold,
                                     upsample=pipeline.upsample, use_top=pipeline.use_top,
-                                    use_all=pipeline.use_all, seed=pipeline.seed)))
+                                    use_all=pipeline.use_all, seed=pipeline.seed)
+            if pipeline.pseudo_label_runner == "beam":
+                stages.append(Stage(f"pseudo-label-{i}", "pseudo_label", i, filtered,
+                                    settings=predict, filter_config=filter_settings,
+                                    beam_args=pipeline.pseudo_label_beam_args))
+            else:
+                stages.append(Stage(f"predict-{i}", "predict", i, predictions,
+                                    settings=predict))
+                stages.append(Stage(f"filter-{i}", "filter", i, filtered,
+                                    filter_config=filter_settings))
             unlabeled = dict(unlabel_data_dir=os.path.join(filtered, "data"),
                              teacher_model_name=None, teacher_model_path=None)
         student = dataclasses.replace(student, mode="train_and_eval", model_dir=student_dir,
@@ -385,7 +404,12 @@ def describe(pipeline: PipelineConfig, stages) -> Dict:
     """What identifies a run: the loop settings and every stage's settings."""
     out = {"pipeline": dataclasses.asdict(pipeline), "stages": {}}
     for stage in stages:
-        if stage.settings is not None:
+        if stage.kind == "pseudo_label":
+            out["stages"][stage.name] = {
+                "predict": dataclasses.asdict(stage.settings),
+                "filter": dataclasses.asdict(stage.filter_config),
+                "beam_args": stage.beam_args}
+        elif stage.settings is not None:
             out["stages"][stage.name] = dataclasses.asdict(stage.settings)
         elif stage.filter_config is not None:
             out["stages"][stage.name] = dataclasses.asdict(stage.filter_config)

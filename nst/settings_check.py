@@ -68,6 +68,20 @@ class Range:
                 if value is not None}
 
 
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """The allowed values of a setting that is one of a few names, e.g. 'local' | 'beam'
+    (used in the RANGES tables like a `Range`)."""
+
+    values: Tuple
+
+    def __contains__(self, value) -> bool:
+        return value in self.values
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -236,10 +236,9 @@ def _not_predicted(shard: int, config: config_lib.ExperimentConfig) -> bool:
     return not done
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: config_lib.ExperimentConfig,
-                   filter_cfg: filter_config.FilterConfig):
-    """Adds predict and both filter passes to `pipeline`; returns the PCollection of the
-    one final-stats dict."""
+def predict_shards(pipeline: beam.Pipeline, config: config_lib.ExperimentConfig):
+    """Adds the predict part to `pipeline`; returns the PCollection of the one count of
+    shards it wrote (present once all are published)."""
     shards = (pipeline
               | "Shards" >> beam.Create(sorted(_slices(config)))
               | "SpreadShards" >> beam.Reshuffle()
@@ -251,8 +250,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.ExperimentConfig,
                 "rows": predictions}
                | "GroupByShard" >> beam.CoGroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShardFn(config)))
-    ready = written | "AllPredicted" >> beam.combiners.Count.Globally()
-    return beam_lib.build_pipeline(pipeline, filter_cfg, after=ready)
+    return written | "AllPredicted" >> beam.combiners.Count.Globally()
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: config_lib.ExperimentConfig,
+                   filter_cfg: filter_config.FilterConfig):
+    """Adds predict and both filter passes to `pipeline`; returns the PCollection of the
+    one final-stats dict."""
+    return beam_lib.build_pipeline(pipeline, filter_cfg, after=predict_shards(pipeline, config))
 
 
 def run_pseudo_label_beam(config: config_lib.ExperimentConfig,
@@ -317,6 +322,17 @@ def configs_from_flags(flag_values=FLAGS):
     filter_cfg = filter_config.FilterConfig(
         input_dir=config.output_dir, output_dir=flag_values.filter_output_dir, **values)
     return config, filter_cfg
+
+
+def filter_flags(filter_cfg: filter_config.FilterConfig) -> List[str]:
+    """The flags of this tool that give `filter_cfg` together with a predict config whose
+    output_dir is its input_dir: --filter_output_dir and the filter's own settings
+    (`FilterConfig.to_flags` without the input and the `_SHARED` ones, which the predict
+    config carries)."""
+    skip = set(_SHARED) | set(_FILTER_INPUT_FLAGS) | {"info_dir"}
+    return [f"--filter_output_dir={filter_cfg.output_dir}"] + [
+        flag for flag in filter_cfg.to_flags()
+        if flag[2:].split("=", 1)[0] not in skip]
 
 
 def main(argv):

@@ -5,6 +5,7 @@ records (as multisets) and the same statistics JSON, with one and with two worke
 import collections
 import dataclasses
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -164,3 +165,80 @@ def test_command_line_shares_flags_and_refuses_unknown_ones(tmp_path):
     assert (f.num_shards, f.num_image, f.seed, f.num_label_classes) == (3, 9, 4, 10)
     with pytest.raises(flags.Error, match=r"--num_imag=3 \(did you mean --num_image\?\)"):
         beam_predict.beam_lib.split_argv(["prog", "--num_imag=3"], values)
+
+
+# --------------------------------------------------------------------------- in the loop
+
+
+def test_plan_with_the_beam_runner_has_one_pseudo_label_stage(tmp_path):
+    from nst import pipeline
+    from nst import pipeline_config as pc
+    run = str(tmp_path / "run")
+    _, stages = pc.plan(["digits/noisy_student.gin"],
+                        ["PipelineConfig.pseudo_label_runner = 'beam'",
+                         "PipelineConfig.pseudo_label_beam_args = '--direct_num_workers=1'"],
+                        {"run_dir": run})
+    assert [s.name for s in stages] == ["data", "teacher", "pseudo-label-1", "student-1",
+                                        "pseudo-label-2", "student-2"]
+    s = {st.name: st for st in stages}
+    job = s["pseudo-label-1"]
+    assert job.settings.output_dir == os.path.join(run, "iteration_1", "predictions")
+    assert job.filter_config.input_dir == job.settings.output_dir
+    # The student finds the filtered data where it does with the local stages.
+    assert s["student-1"].settings.unlabel_data_dir == os.path.join(
+        job.filter_config.output_dir, "data") == os.path.join(job.directory, "data")
+    pipeline.write_stage_configs(stages, run)
+    [command] = pipeline.stage_commands(job, run)
+    values = flags.FlagValues()
+    beam_predict.define_flags(values)
+    words = command.split()
+    assert words[0] == "nst-pseudo-label-beam" and words[-1] == "--direct_num_workers=1"
+    assert beam_predict.beam_lib.split_argv(words, values) == ["--direct_num_workers=1"]
+    config, f = beam_predict.configs_from_flags(values)  # the command means this stage
+    assert f == job.filter_config
+    assert config == config_lib.finalize(job.settings)
+    with pytest.raises(ValueError, match=r"pseudo_label_runner = 'spark' \(set in gin\) "
+                                         r"must be one of 'local', 'beam'"):
+        pc.plan(["digits/noisy_student.gin"],
+                ["PipelineConfig.pseudo_label_runner = 'spark'"], {"run_dir": run})
+
+
+def test_pipeline_stage_runs_the_job_and_a_finished_one_is_skipped(
+        data_dir, teacher_dir, local, tmp_path):
+    from nst import pipeline
+    from nst import pipeline_config as pc
+    local_root, local_final = local
+    config, f = _configs(data_dir, teacher_dir, str(tmp_path))
+    stage = pc.Stage("pseudo-label-1", "pseudo_label", 1, f.output_dir,
+                     settings=dataclasses.replace(config, mode="predict"), filter_config=f,
+                     beam_args=" ".join(ONE))
+    pipeline.write_stage_configs([stage], str(tmp_path))
+    summary = pipeline.run_stage(stage, str(tmp_path))
+    assert stage.is_done()
+    assert summary["pseudo_labels"]["total_after"] == local_final["total_cnt"]
+    got = _tree(f.output_dir)
+    want = _tree(os.path.join(local_root, "filtered"))
+    assert sorted(got) == sorted(list(want) + ["stage_done.json"])
+    assert got[os.path.join("stats", "final_stats.json")] == \
+        want[os.path.join("stats", "final_stats.json")]
+    # A rerun of the loop skips the finished job: nothing is rewritten.
+    before = {n: os.path.getmtime(os.path.join(f.output_dir, n)) for n in got}
+    with mock.patch.object(beam_predict, "run_pseudo_label_beam",
+                           side_effect=AssertionError("reran a finished job")):
+        pipeline.run(pc.PipelineConfig(run_dir=str(tmp_path)), [stage])
+    assert {n: os.path.getmtime(os.path.join(f.output_dir, n)) for n in got} == before
+
+
+# The runner options of the nst-pseudo-label-beam command lines in docs/pseudo_labels.md.
+DOCUMENTED_OPTIONS = [
+    "--runner=DataflowRunner", "--project=PROJECT", "--region=us-central1",
+    "--temp_location=gs://BUCKET/tmp", "--experiments=use_runner_v2",
+    "--sdk_container_image=REGISTRY/nst-beam-gpu:latest", "--machine_type=g2-standard-8",
+    "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+    "install-nvidia-driver", "--max_num_workers=32", "--runner=FlinkRunner",
+    "--flink_master=http://flink-host:8081", "--parallelism=16", "--environment_type=DOCKER",
+    "--runner=SparkRunner", "--spark_master_url=spark://spark-host:7077"]
+
+
+def test_documented_runner_options_are_beam_options():
+    assert beam_predict.beam_lib.unknown_options(DOCUMENTED_OPTIONS) == []
