@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pseudo-labelling speed and filter memory: `--mode=predict` and the local filter.
 
-Three parts, each measured against a reference in the same run:
+Four parts, each measured against a reference in the same run:
 
   (a) predict: the real predict path (`predict.predict_slices` over TFRecord shards of
       JPEGs: read, decode, eval view, teacher, softmax, per-record encoding, atomic
@@ -29,6 +29,13 @@ Three parts, each measured against a reference in the same run:
       labelled records of `--memory_classes` classes, in one child process that runs
       every shard in turn; its peak RSS (`os.wait4` rusage of that child) must stay
       under 1 GiB. A child that only imports the filter gives the baseline.
+
+  (d) beam (`--parts=beam`): the predict part of the Beam job `nst-pseudo-label-beam`
+      (`beam_predict.predict_shards`: read, RunInference with the teacher, per-shard
+      writing; DirectRunner in-process and with --beam_workers processes) against the
+      local `predict.run_prediction` on the same teacher and shards, both whole jobs
+      from loading the teacher to the last published file, in images/s. Target >= 0.7
+      for the faster Beam mode.
 
 Synthetic records are serialized directly from NumPy rows by `wire.PseudoLabeledEncoder`
 (bytes identical to `schema.encode_pseudo_labeled`, checked on the first record of each
@@ -84,11 +91,15 @@ flags.DEFINE_integer("image_bytes", 256, "Bytes of the (random, never decoded) i
                      "of each filter record.")
 flags.DEFINE_integer("num_image", -1, "Filter --num_image; -1: half the mean number of "
                      "images per class, so that thresholds and thinning both act.")
+flags.DEFINE_integer("beam_images", 4096, "Images of the beam part (32x32).")
+flags.DEFINE_integer("beam_shards", 8, "Shards of the beam part.")
+flags.DEFINE_integer("beam_workers", 2, "Worker processes of the multi-process Beam run.")
 flags.DEFINE_string("tmp_dir", None, "Where the temporary data goes (default: system).")
 flags.DEFINE_string("memory_child", None, "Internal: run the filter over this directory's "
                     "'in' shards and print a JSON summary (the measured child process).")
 
 PREDICT_TARGET = 0.9
+BEAM_TARGET = 0.7
 FILTER_TARGET = 0.5
 MEMORY_LIMIT = 1 << 30
 
@@ -530,6 +541,76 @@ def memory_table(r) -> str:
         f"{'yes' if r['peak'] < MEMORY_LIMIT else 'NO'} |"])
 
 
+# --------------------------------------------------------------------------- (d) beam
+
+
+def beam_rates(tmp: str, num_images: int, num_shards: int, batch_size: int, workers: int,
+               width=None, depth=None) -> dict:
+    """Part (d): images/s of local `--mode=predict` and of the Beam job's predict part
+    (in-process; `workers` processes), each a whole job over the same shards into a
+    fresh directory, teacher loading included."""
+    import apache_beam as beam
+    from nst.pseudo import beam_predict
+
+    root = os.path.join(tmp, "beam")
+    data_dir, teacher_dir = os.path.join(root, "data"), os.path.join(root, "teacher")
+    model, _ = build_model("efficientnet-b0", 10, width=width, depth=depth, resolution=32,
+                           small_image=True, normalization="svhn")
+    saving.save_weights(model, teacher_dir)
+    del model
+    rng = np.random.default_rng(4)
+    images = _jpegs(rng, 64, 32)
+    bounds = writers.shard_boundaries(num_images, num_shards)
+    for shard in range(num_shards):
+        writers.write_records(
+            os.path.join(data_dir, writers.shard_name("extra", shard, num_shards)),
+            [schema.encode_unlabeled(images[i % len(images)], image_id=f"img-{i}")
+             for i in range(bounds[shard], bounds[shard + 1])])
+
+    def config(output):
+        return config_lib.finalize(config_lib.ExperimentConfig(
+            task_name="digits", mode="predict", label_data_dir=data_dir,
+            predict_ckpt_path=teacher_dir, output_dir=os.path.join(root, output),
+            info_dir=os.path.join(root, output, "info"), num_shards=num_shards,
+            shard_id=f"0-{num_shards - 1}", file_prefix="extra",
+            predict_batch_size=batch_size))
+
+    start = time.perf_counter()
+    predict.run_prediction(config("local"))
+    local = num_images / (time.perf_counter() - start)
+    modes = {"in-process": ["--runner=DirectRunner", "--direct_num_workers=1",
+                            "--direct_running_mode=in_memory"],
+             f"{workers} processes": ["--runner=DirectRunner",
+                                      f"--direct_num_workers={workers}",
+                                      "--direct_running_mode=multi_processing"]}
+    rates = {}
+    for name, options in modes.items():
+        cfg = config(name.replace(" ", "_"))
+        start = time.perf_counter()
+        with beam.Pipeline(options=beam_predict.beam_lib.pipeline_options_from(options)) as p:
+            beam_predict.predict_shards(p, cfg)
+        rates[name] = num_images / (time.perf_counter() - start)
+        local_files = sorted(os.listdir(os.path.join(root, "local")))
+        assert sorted(os.listdir(cfg.output_dir)) == local_files, name
+    shutil.rmtree(root, ignore_errors=True)
+    best = max(rates, key=rates.get)
+    return {"images": num_images, "shards": num_shards, "batch": batch_size,
+            "local": local, "beam": rates, "best": best, "ratio": rates[best] / local}
+
+
+def beam_table(r) -> str:
+    modes = list(r["beam"])
+    lines = ["| images (shards, batch) | local `--mode=predict` (img/s) | "
+             + " | ".join(f"Beam DirectRunner {m} (img/s)" for m in modes)
+             + " | ratio (best Beam / local) | target | pass |",
+             "|---|---|" + "---|" * len(modes) + "---|---|---|",
+             f"| {r['images']:,} ({r['shards']}, {r['batch']}) | {r['local']:,.0f} | "
+             + " | ".join(f"{r['beam'][m]:,.0f}" for m in modes)
+             + f" | {r['ratio']:.2f} ({r['best']}) | ≥ {BEAM_TARGET} | "
+             f"{'yes' if r['ratio'] >= BEAM_TARGET else 'NO'} |"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -558,6 +639,11 @@ def main(argv):
                              jobs=FLAGS.filter_jobs)
             print("\n(b) filter pass 2\n")
             print(filter_table(r), flush=True)
+        if "beam" in FLAGS.parts:
+            r = beam_rates(tmp, FLAGS.beam_images, FLAGS.beam_shards, FLAGS.batch_32,
+                           FLAGS.beam_workers)
+            print("\n(d) Beam job's predict vs local --mode=predict\n")
+            print(beam_table(r), flush=True)
         if "memory" in FLAGS.parts:
             r = memory_peak(tmp, FLAGS.memory_records, FLAGS.memory_classes,
                             FLAGS.memory_shards, FLAGS.image_bytes)
