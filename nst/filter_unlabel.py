@@ -42,13 +42,13 @@ sample JPEGs are dumped.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import nst  # noqa: E402,F401  (pins the Keras backend)
 from absl import app, flags, logging  # noqa: E402
 
+from nst import cli_errors  # noqa: E402
 from nst.data import writers  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
 from nst.pseudo import filter_config  # noqa: E402
@@ -125,16 +125,12 @@ def run(flag_values=FLAGS):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        run(FLAGS)
-    except (FileNotFoundError, ValueError) as e:  # user-facing: message, no traceback
-        logging.error("%s", e)
-        sys.exit(1)
+    run(FLAGS)
 
 
 def cli():
     define_flags()
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import nst  # noqa: E402,F401  (pins the Keras backend)
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from nst import cli_errors  # noqa: E402
 from nst import config as config_lib  # noqa: E402
 from nst import distribute  # noqa: E402
 
@@ -56,14 +57,20 @@ def run(config: config_lib.ExperimentConfig, strategy=None):
     distribute.set_precision(config.use_bfloat16)
     strategy = strategy or make_strategy(config)
     logging.info("Strategy: %s", distribute.describe(strategy))
-    trainer = loop.Trainer(config, strategy)
-
-    if config.mode in ("train", "train_and_eval"):
-        # prepare() first: it refuses a model_dir of another architecture
-        # before this run's settings replace that run's FLAGS.json.
-        trainer.prepare()
-        if trainer.is_chief:
-            config_lib.write_effective_config(config, config.model_dir)
+    existed = tf.io.gfile.exists(config.model_dir)
+    try:
+        trainer = loop.Trainer(config, strategy)
+        if config.mode in ("train", "train_and_eval"):
+            # prepare() first: it checks the inputs and refuses a model_dir of another
+            # architecture before this run's settings replace that run's FLAGS.json.
+            trainer.prepare()
+            if trainer.is_chief:
+                config_lib.write_effective_config(config, config.model_dir)
+        else:
+            trainer.check_inputs()
+    except BaseException:
+        _remove_if_new(config.model_dir, existed)
+        raise
     if config.mode == "train":
         trainer.train()
         return None
@@ -98,6 +105,14 @@ def run(config: config_lib.ExperimentConfig, strategy=None):
     return results
 
 
+def _remove_if_new(model_dir: str, existed: bool):
+    """A model_dir that this run created and whose start-up failed is deleted again, so that
+    it does not look like a started run (issue 14, item 5)."""
+    if not existed and tf.io.gfile.exists(model_dir):
+        logging.info("Start-up failed: removing %s, which this run created", model_dir)
+        tf.io.gfile.rmtree(model_dir)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -106,7 +121,7 @@ def main(argv):
 
 def cli():
     config_lib.define_flags()
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

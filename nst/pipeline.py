@@ -288,21 +288,17 @@ def main(argv):
     gin_files = list(FLAGS.gin_file) or [pc.DEFAULT_GIN_FILE]
     if FLAGS.quick:
         gin_files.append(pc.QUICK_GIN_FILE)
-    try:
-        pipeline, stages = pc.plan(gin_files, FLAGS.gin_param, overrides)
-        if FLAGS.until is not None and FLAGS.until not in [s.name for s in stages]:
-            raise ValueError(f"--until={FLAGS.until}: no such stage; the stages are "
+    pipeline, stages = pc.plan(gin_files, FLAGS.gin_param, overrides)
+    if FLAGS.until is not None and FLAGS.until not in [s.name for s in stages]:
+        raise app.UsageError(f"--until={FLAGS.until}: no such stage; the stages are "
                              f"{[s.name for s in stages]}")
-        pc.prepare_run_dir(pipeline, stages, overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        sys.exit(1)
+    pc.prepare_run_dir(pipeline, stages, overwrite=FLAGS.overwrite)
     run(pipeline, stages, emit_only=FLAGS.emit_commands, until=FLAGS.until)
 
 
 def cli():
     define_flags()
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

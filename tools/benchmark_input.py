@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from nst import cli_errors  # noqa: E402
 
 from nst.augment import randaugment  # noqa: E402
 from nst.data import input_pipeline, schema, writers  # noqa: E402
@@ -171,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_errors.run(main)

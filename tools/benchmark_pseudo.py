@@ -62,6 +62,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from nst import cli_errors  # noqa: E402
 
 from nst import config as config_lib  # noqa: E402
 from nst.data import input_pipeline, schema, wire, writers  # noqa: E402
@@ -656,4 +657,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_errors.run(main)

@@ -26,6 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from nst import cli_errors  # noqa: E402
 
 from nst import config as config_lib  # noqa: E402
 from nst.models import config as model_config, flops  # noqa: E402
@@ -139,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_errors.run(main)

@@ -14,6 +14,7 @@ import json
 
 import nst  # noqa: F401  (pins the Keras backend before TensorFlow-heavy imports)
 from absl import app, flags
+from nst import cli_errors
 
 from nst.data.sources import svhn
 
@@ -56,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_errors.run(main)

@@ -17,6 +17,7 @@ import json
 import nst  # noqa: F401  (pins the Keras backend before TensorFlow-heavy imports)
 from absl import app, flags
 
+from nst import cli_errors
 from nst.data.sources import digits
 from nst.data.sources import fashion_mnist
 
@@ -68,15 +69,12 @@ def _define_fashion_mnist_flags():
 def _fashion_mnist_main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        info = fashion_mnist.make_fashion_mnist_dataset(
-            FLAGS.output_dir, labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
-            dev_per_class=FLAGS.dev_per_class,
-            source_dir=FLAGS.source_dir, source=FLAGS.source,
-            tfds_data_dir=FLAGS.tfds_data_dir, num_shards=FLAGS.num_shards,
-            overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    info = fashion_mnist.make_fashion_mnist_dataset(
+        FLAGS.output_dir, labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
+        dev_per_class=FLAGS.dev_per_class,
+        source_dir=FLAGS.source_dir, source=FLAGS.source,
+        tfds_data_dir=FLAGS.tfds_data_dir, num_shards=FLAGS.num_shards,
+        overwrite=FLAGS.overwrite)
     _print_counts(info)
 
 
@@ -86,10 +84,10 @@ def _fashion_mnist_main(argv):
 def digits_cli():
     """`nst-make-digits`: the offline digits demo dataset (nst.data.sources.digits)."""
     _define_digits_flags()
-    app.run(_digits_main)
+    cli_errors.run(_digits_main)
 
 
 def fashion_mnist_cli():
     """`nst-make-fashion-mnist`: Fashion-MNIST (nst.data.sources.fashion_mnist)."""
     _define_fashion_mnist_flags()
-    app.run(_fashion_mnist_main)
+    cli_errors.run(_fashion_mnist_main)

@@ -35,6 +35,7 @@ warning and counted in a `SkippedRecords` the caller passes in and reads after i
 """
 
 import concurrent.futures
+import re
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -70,6 +71,38 @@ def _glob(pattern: str) -> List[str]:
     if not _GLOB_CHARS & set(pattern) and tf.io.gfile.isdir(pattern):
         pattern = pattern.rstrip("/") + "/*"
     return [f for f in tf.io.gfile.glob(pattern) if not fileio.basename(f).startswith(".")]
+
+
+class RecordError(ValueError):
+    """A bad record: `file`, `index` (0-based record index in the file) and `reason`.
+
+    Inside tf.data a bad record stops the pipeline through a `tf.debugging.Assert` whose
+    data are `[<what> in file] [<file>] [at record index] [<index>] [...<reason>...]`
+    (`_raise_on_problem` here, the pseudo-label check of `nst.data.input_pipeline`);
+    `from_op_error` recovers the three fields from TensorFlow's error, so a binary can
+    say them in one line instead of TensorFlow's wrapped text (`nst.cli_errors`)."""
+
+    def __init__(self, file: str, index: int, reason: str):
+        self.file, self.index, self.reason = file, int(index), reason
+        super().__init__(f"bad record in {file} at record index {self.index}: {reason}")
+
+    _ASSERTION = re.compile(
+        r"assertion failed: \[(?P<what>[^\]]*) in file\] \[(?P<file>.*?)\] "
+        r"\[at record index\] \[(?P<index>-?\d+)\] (?P<rest>.*?)(?:\n|$)")
+
+    @classmethod
+    def from_op_error(cls, error: BaseException) -> Optional["RecordError"]:
+        """The RecordError in a TensorFlow error raised by such an assertion, else None."""
+        match = cls._ASSERTION.search(getattr(error, "message", "") or str(error))
+        if match is None:
+            return None
+        parts = [p for p in re.findall(r"\[(.*?)\](?= \[|\s*$)", match["rest"].strip())
+                 if p not in (":", "")]
+        reason = "; ".join(p.lstrip("- ") for p in parts)
+        what = match["what"]
+        if what != "Bad record":  # the assertion's own description leads the reason
+            reason = f"{what}; {reason}" if reason else what
+        return cls(match["file"], int(match["index"]), reason)
 
 
 def list_files(patterns: Patterns) -> List[str]:

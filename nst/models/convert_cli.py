@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from nst import cli_errors
 from nst.models import convert
 from nst.models import efficientnet
 from nst.models import saving
@@ -183,23 +184,19 @@ def main(argv) -> int:
     if FLAGS.export_keras and not FLAGS.export_keras.endswith(".keras"):
         raise app.UsageError(f"--export_keras must end in .keras, got {FLAGS.export_keras}")
 
-    try:
-        if FLAGS.list:
-            if FLAGS.source.startswith(KERAS_PREFIX):
-                raise app.UsageError("--list reads original checkpoints, not keras: sources")
-            return _list_roots(FLAGS.source)
-        return convert_and_export()
-    # CheckpointMismatchError is a ValueError; so are an unknown model name
-    # and a weights file of another architecture.
-    except (ValueError, FileNotFoundError, tf.errors.OpError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 1
+    # Errors (CheckpointMismatchError, an unknown model name, a weights file of another
+    # architecture, unreadable files) are one line: nst.cli_errors, via run().
+    if FLAGS.list:
+        if FLAGS.source.startswith(KERAS_PREFIX):
+            raise app.UsageError("--list reads original checkpoints, not keras: sources")
+        return _list_roots(FLAGS.source)
+    return convert_and_export()
 
 
 def run():
     """Console-script entry point (`nst-convert-checkpoint`)."""
     define_flags()
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

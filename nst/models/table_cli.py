@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags
 
+from nst import cli_errors
 from nst.models import config as config_lib
 from nst.models import flops
 
@@ -85,7 +86,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

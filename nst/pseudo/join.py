@@ -13,12 +13,14 @@ duplicate id, or a count different from the info file is a ValueError naming the
 """
 
 import math
+import re
 import uuid
 import zlib
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from nst import fileio
 from nst.data import schema
@@ -291,6 +293,27 @@ def _stored_id(prediction: Dict, basename: str) -> str:
     return "" if value == schema.derived_id(basename, int(prediction["index"])) else value
 
 
+_WORK_DIR = re.compile(r"join-(\d{5})-(\d+)-[0-9a-f]{32}$")
+
+
+def remove_stale_work_dirs(tmp_dir: str, shard: int, task: int) -> int:
+    """Deletes the hash join's work dirs of this (shard, task) that a killed run left in
+    `tmp_dir` (`join-<shard>-<task>-<32 hex>`); returns how many. A finished join deletes
+    its own, so only a killed one leaves any; other shards' and tasks' dirs, and any other
+    name, are left alone (the job of a (shard, task) owns only its own, as for
+    `fileio.remove_temporaries`)."""
+    if not tf.io.gfile.isdir(tmp_dir):
+        return 0
+    removed = 0
+    for name in tf.io.gfile.listdir(tmp_dir):
+        match = _WORK_DIR.match(name.rstrip("/"))
+        if match and (int(match[1]), int(match[2])) == (shard, task):
+            logging.info("Removing %s, left by an earlier run", fileio.join(tmp_dir, name))
+            tf.io.gfile.rmtree(fileio.join(tmp_dir, name.rstrip("/")))
+            removed += 1
+    return removed
+
+
 def _partition_join(layout: InputLayout, shard: int, task: int, tmp_dir: str,
                     expected_records: Optional[int]) -> Iterator[Item]:
     image_path = layout.image_path(shard)
@@ -300,6 +323,7 @@ def _partition_join(layout: InputLayout, shard: int, task: int, tmp_dir: str,
         expected_records = sum(len(b["index"]) for b in reader.file_batches(
             pred_path, "predictions", layout, None))
     num_buckets = num_join_buckets(expected_records, layout.num_classes)
+    remove_stale_work_dirs(tmp_dir, shard, task)
     work = fileio.join(tmp_dir, f"join-{shard:05d}-{task}-{uuid.uuid4().hex}")
     tf.io.gfile.makedirs(work)
     pred_files = [fileio.join(work, f"pred-{b:05d}") for b in range(num_buckets)]

@@ -465,18 +465,33 @@ class Trainer:
         Returns True when training resumes from a checkpoint.
         """
         c = self.config
+        # Every check before the first write (issue 14, item 5): a run that fails here
+        # leaves model_dir as it found it.
         ckpt_lib.check_model_dir(self.student, c.model_dir)
-        if self.is_chief:
-            saving.write_model_config(self.student, c.model_dir)
+        self.check_inputs()
         init = c.init_model_path if (c.init_model and not c.teacher_model_name) else None
         if c.init_model and c.teacher_model_name:
             logging.warning("--init_model is ignored with an online teacher (the student "
                             "starts from random weights, as in the original)")
         resumed = ckpt_lib.restore_or_initialize(self.checkpoint, self.manager, self.student,
                                                  init, directory=c.model_dir)
+        if self.is_chief:
+            saving.write_model_config(self.student, c.model_dir)
         if not resumed and init:
             self._reset_ema()
         return resumed
+
+    def check_inputs(self):
+        """Raises FileNotFoundError naming the first missing input of this run's mode (the
+        labeled train files, the unlabeled dirs, the eval splits) — cheap globs only, so
+        that a run with a mistyped data dir stops before it writes anything."""
+        c = self.config
+        if c.mode in ("train", "train_and_eval"):
+            readers.list_files(self._train_files())
+            if c.unlabel_ratio > 0:
+                readers.list_unlabeled_files(c.unlabel_data_dir)
+        if c.mode in ("eval", "train_and_eval"):
+            self.eval_splits()
 
     def _reset_ema(self):
         """Sets every EMA shadow to its weight's current value (after init_model)."""

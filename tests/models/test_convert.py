@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
+from nst import cli_errors
 from nst.models import convert
 from nst.models import convert_cli
 from nst.models import names
@@ -674,18 +675,18 @@ def test_cli_mismatch_exits_non_zero(student_teacher_checkpoint, tmp_path):
 def run_cli_in_process(capsys, *args):
     """Runs the CLI's `main` on `args` in this process (cheap: no new TensorFlow).
 
-    Returns (exit status, stdout, stderr); a usage error counts as status 1
-    with its message on stderr, as `absl.app.run` reports it.
+    Returns (exit status, stdout, stderr); errors go through `nst.cli_errors.guarded`, as
+    in the binary (one 'error:' line, status 1).
     """
     convert_cli.define_flags()
+    cli_errors.define_flags()
     capsys.readouterr()
     with flagsaver.flagsaver():
         flags.FLAGS(["nst-convert-checkpoint", *args])
         try:
-            status = convert_cli.main(["nst-convert-checkpoint"])
-        except app.UsageError as e:
-            sys.stderr.write(f"{e}\n")
-            status = 1
+            status = cli_errors.guarded(convert_cli.main)(["nst-convert-checkpoint"])
+        except SystemExit as e:
+            status = e.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

@@ -303,8 +303,8 @@ def test_binary_end_to_end(tmp_path):
                           f"--input_dir={tmp_path / 'in'}"] + DIRECT)
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if "--num_shard=3" in line] == [
-        "FATAL Flags parsing error: Unknown command line flag --num_shard=3 (did you mean "
+        "error: Unknown command line flag --num_shard=3 (did you mean "
         "--num_shards?): neither a flag of this tool nor a Beam pipeline option (options "
         "that only a runner's job server knows go in --beam_args, which is passed on "
-        "unchecked)"]
+        "unchecked) (--helpshort lists the flags)"]
     assert not (tmp_path / "typo").exists()
