@@ -61,6 +61,9 @@ setup(
             "nst-convert-checkpoint=nst.models.convert_cli:run",
             "nst-make-digits=nst.data.make_dataset:digits_cli",
             "nst-make-fashion-mnist=nst.data.make_dataset:fashion_mnist_cli",
+            "nst-pseudo-label-beam=nst.pseudo.beam_predict:cli",
+            "nst-eval-robustness=nst.eval_robustness:cli",
+            "nst-size-run=nst.sizing.cli:cli",
         ],
     },
 )
