@@ -39,6 +39,8 @@ setup(
         "scipy>=1.11",
         # Plots of the pipeline report (nst.report), Agg backend only.
         "matplotlib>=3.8",
+        # JPEG and pixelate corruptions (nst.robustness.corruptions).
+        "pillow>=10",
         # CRC32C of TFRecord framing written off the Python thread (nst.data.record_file).
         "google-crc32c>=1.5",
     ],
