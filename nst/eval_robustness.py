@@ -234,7 +234,9 @@ def _inputs(settings: Settings, config):
     from nst.robustness import inputs
     if settings.tfds_name:
         builder, num_classes = inputs.tfds_info(settings.tfds_name, settings.tfds_data_dir)
-        if settings.split not in builder.info.splits:
+        # A prepared set lists its splits; without metadata (e.g. under
+        # tfds.testing.mock_data) the list is empty and as_dataset decides.
+        if builder.info.splits and settings.split not in builder.info.splits:
             raise ValueError(f"--split={settings.split!r}: {settings.tfds_name} has splits "
                              f"{sorted(builder.info.splits)}")
         return (lambda view: inputs.tfds_batches(builder, settings.split,

@@ -73,9 +73,9 @@ def digits_dir(tmp_path_factory):
     return str(path)
 
 
-def _save_model(directory, num_classes=10):
+def _save_model(directory, num_classes=10, small_image=True):
     model, _ = build_model("efficientnet-b0", num_classes, width=0.25, depth=0.25,
-                           resolution=32, small_image=True, normalization="svhn")
+                           resolution=32, small_image=small_image, normalization="svhn")
     saving.save_weights(model, str(directory))
     return model
 
@@ -291,7 +291,8 @@ def test_imagenet_a_restricts_the_argmax_to_its_200_classes():
 
 def test_imagenet_a_through_tfds_mock_data(corruptions, tmp_path):
     model_dir = tmp_path / "thousand"
-    _save_model(model_dir, num_classes=1000)
+    # The ImageNet view (centre crop of any image size), not the 32x32 recipe's.
+    _save_model(model_dir, num_classes=1000, small_image=False)
     settings = er.Settings(tfds_name="imagenet_a", split="test", corruptions=(),
                            fgsm_epsilons=(4.0,), output=str(tmp_path / "a.json"))
     with tfds.testing.mock_data(num_examples=6):
@@ -300,7 +301,7 @@ def test_imagenet_a_through_tfds_mock_data(corruptions, tmp_path):
             "imagenet_a", None)
         assert classes == 1000  # labels in ImageNet-2012's 1000-class space
         labels = np.concatenate([b["label"].numpy() for b in builder(
-            ip.ViewConfig(image_size=32, small_image=True))])
+            ip.ViewConfig(image_size=32))])
         assert len(labels) == 6 and labels.min() >= 0 and labels.max() < 1000
         results = er.run(settings, _config(model_dir, num_label_classes=1000))
     assert results["dataset"]["tfds_name"] == "imagenet_a"
