@@ -3,7 +3,7 @@
 No model, files or flags here, so every formula is testable on hand-made numbers.
 
 Corruption error (Hendrycks & Dietterich 2019, "Benchmarking Neural Network
-Robustness to Common Corruptions and Perturbations", §3), with E_{s,c} the
+Robustness to Common Corruptions and Perturbations", section 3), with E_{s,c} the
 top-1 error at severity s of corruption c and E_clean the clean error:
   CE_c          = Σ_s E_{s,c} / Σ_s E^base_{s,c}
   mCE           = mean_c CE_c
