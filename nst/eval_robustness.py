@@ -34,7 +34,7 @@ import nst  # noqa: F401  (selects the Keras backend first)
 import tensorflow as tf  # noqa: E402
 
 from nst import config as config_lib  # noqa: E402
-from nst import distribute, fileio  # noqa: E402
+from nst import cli_errors, distribute, fileio  # noqa: E402
 from nst.robustness import metrics  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -367,7 +367,7 @@ def main(argv):
 
 def cli():
     define_flags()
-    app.run(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":

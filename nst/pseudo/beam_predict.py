@@ -37,7 +37,6 @@ refused (`nst.pseudo.beam.split_argv`).
 
 import dataclasses
 import os
-import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,11 +45,11 @@ import nst  # noqa: E402,F401  (pins the Keras backend)
 import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from apache_beam.ml.inference.base import ModelHandler, RunInference  # noqa: E402
 
 from nst import config as config_lib  # noqa: E402
-from nst import distribute, fileio  # noqa: E402
+from nst import cli_errors, distribute, fileio  # noqa: E402
 from nst.data import input_pipeline as ip  # noqa: E402
 from nst.data import readers, wire  # noqa: E402
 from nst.models import saving  # noqa: E402
@@ -339,19 +338,15 @@ def main(argv):
     for name in _IGNORED_FLAGS:
         if FLAGS[name].present:
             logging.warning("--%s is ignored: the job predicts and filters every shard", name)
-    try:
-        config, filter_cfg = configs_from_flags(FLAGS)
-        final = run_pseudo_label_beam(config, filter_cfg, argv[1:])
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # message, no traceback
-        logging.error("%s", e)
-        sys.exit(1)
+    config, filter_cfg = configs_from_flags(FLAGS)  # errors: one line (nst.cli_errors)
+    final = run_pseudo_label_beam(config, filter_cfg, argv[1:])
     logging.info("Pseudo labels done: %d records in %s", final["total_cnt"],
                  filter_cfg.output_dir)
 
 
 def cli():
     define_flags()
-    app.run(main, flags_parser=beam_lib._parse_flags)
+    cli_errors.run(main, flags_parser=beam_lib._parse_flags)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ docs/tpu.md ("Sizing a run") for how they compare with measurements.
 """
 
 import json
-import sys
 
 from absl import app, flags
 
+from nst import cli_errors
 from nst.sizing import devices, estimate as estimate_lib, memory, recipe, timing
 
 FLAGS = flags.FLAGS
@@ -119,18 +119,7 @@ def main(argv):
 
 
 def cli():
-    try:
-        from nst import cli_errors  # the shared wrapper, when it exists
-        runner = getattr(cli_errors, "run", None)
-    except ImportError:
-        runner = None
-    if runner is None:
-        def runner(main_fn):
-            try:
-                app.run(main_fn)
-            except (ValueError, FileNotFoundError) as e:
-                sys.exit(f"nst-size-run: {e}")
-    runner(main)
+    cli_errors.run(main)
 
 
 if __name__ == "__main__":
