@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from nst import config as config_lib  # noqa: E402
-from nst import fileio  # noqa: E402
+from nst import cli_errors, fileio  # noqa: E402
 from nst import pipeline_config as pc  # noqa: E402
 from nst.pipeline_config import Stage  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
