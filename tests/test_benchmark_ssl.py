@@ -58,6 +58,7 @@ def test_each_ablation_changes_one_thing_of_student_1(tmp_path):
     main = {s.name: s for s in main_stages}
     base = dataclasses.asdict(main["student-1"].settings)
     expected = {
+        "reference": {},
         "no_noise": {"augment_name": None, "remove_aug": True, "dropout_rate": 0.0,
                      "stochastic_depth_rate": 0.0},
         "no_randaugment": {"augment_name": None, "remove_aug": True},
@@ -154,6 +155,13 @@ def test_finished_runs_are_archived_and_taken_from_the_archive_on_another_machin
         assert sorted(os.listdir(store)) == [f"seed_{s}_{r}.json" for s in (0, 1)
                                              for r in ("main", "no_noise")]
         assert json.load(open(store / "seed_1_main.json"))["seconds"] == 60.0
+
+        # A rerun on the same machine resumes the finished runs (nothing left to do)
+        # and leaves their archive entries, date and commit included, as they were.
+        stored = {n: (store / n).read_text() for n in os.listdir(store)}
+        monkeypatch.setattr(tool, "_commit", lambda: "another-commit")
+        tool.main([])
+        assert {n: (store / n).read_text() for n in os.listdir(store)} == stored
 
         calls.clear()
         shutil.rmtree(work)
