@@ -26,7 +26,7 @@ before the model is built or an image read.
 import dataclasses
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 
@@ -55,6 +55,7 @@ class Settings:
     baseline_results: str = ""
     output: str = ""
     seed: int = 0
+    num_examples: int = 0  # the first N images of the split; 0 = all
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -101,6 +102,10 @@ def check_settings(settings: Settings):
     except ValueError as e:
         raise ValueError(f"--corruptions / --severities: {e}") from e
     metrics.check_epsilons(settings.fgsm_epsilons)
+    if isinstance(settings.num_examples, bool) or not isinstance(settings.num_examples, int) \
+            or settings.num_examples < 0:
+        raise ValueError(f"--num_examples={settings.num_examples!r}: expected an integer "
+                         f">= 0 (0 = every image of the split)")
     if not settings.output:
         raise ValueError("--output is required (the results JSON)")
     if bool(settings.data_dir) == bool(settings.tfds_name):
@@ -232,6 +237,7 @@ def _default_split(settings: Settings) -> str:
 def _inputs(settings: Settings, config):
     """(batches(view) -> dataset, number of classes) before the model exists."""
     from nst.robustness import inputs
+    limit = settings.num_examples or None
     if settings.tfds_name:
         builder, num_classes = inputs.tfds_info(settings.tfds_name, settings.tfds_data_dir)
         # A prepared set lists its splits; without metadata (e.g. under
@@ -240,12 +246,13 @@ def _inputs(settings: Settings, config):
             raise ValueError(f"--split={settings.split!r}: {settings.tfds_name} has splits "
                              f"{sorted(builder.info.splits)}")
         return (lambda view: inputs.tfds_batches(builder, settings.split,
-                                                 config.eval_batch_size, view)), num_classes
+                                                 config.eval_batch_size, view, limit)), \
+            num_classes
     pattern = os.path.join(settings.data_dir, f"{settings.split}*")
     if not tf.io.gfile.glob(pattern):
         raise FileNotFoundError(f"--data_dir/--split: no files match {pattern}")
     return (lambda view: inputs.record_batches(pattern, config.num_label_classes,
-                                               config.eval_batch_size, view)), \
+                                               config.eval_batch_size, view, limit)), \
         config.num_label_classes
 
 
@@ -256,6 +263,9 @@ def run(settings: Settings, config: config_lib.ExperimentConfig, strategy=None) 
 
     settings = dataclasses.replace(settings, split=_default_split(settings))
     check_settings(settings)
+    # Now, not after the measurements: an output path that cannot be made fails first.
+    if os.path.dirname(settings.output):
+        tf.io.gfile.makedirs(os.path.dirname(settings.output))
     batches, num_classes = _inputs(settings, config)
     subset = None
     if settings.tfds_name.split("/")[0] == IMAGENET_A:
@@ -340,6 +350,8 @@ def define_flags():
     flags.DEFINE_string("baseline_results", "", "This tool's JSON for the baseline model "
                         "(e.g. the teacher): adds CE, mCE, relative mCE")
     flags.DEFINE_string("output", "", "Results JSON (written atomically)")
+    flags.DEFINE_integer("num_examples", 0, "Evaluate only the first N images of the split "
+                         "(in file order; a baseline must use the same N); 0 = all")
 
 
 def settings_from_flags(config) -> Settings:
@@ -354,7 +366,7 @@ def settings_from_flags(config) -> Settings:
                     severities=parse_severities(FLAGS.severities),
                     fgsm_epsilons=parse_floats(FLAGS.fgsm_epsilons, "--fgsm_epsilons"),
                     baseline_results=FLAGS.baseline_results, output=FLAGS.output,
-                    seed=config.seed)
+                    seed=config.seed, num_examples=FLAGS.num_examples)
 
 
 def main(argv):

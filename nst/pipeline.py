@@ -19,6 +19,8 @@ A run directory holds everything, under names that say what they are:
   iteration_<i>/filtered/        thresholds, stats/, data/train-0-*-of-* (balanced records)
   iteration_<i>/student/         model_dir of student i
   finetune/                      optional fixed-resolution fine-tuning (§5.9)
+  robustness/<stage>/            with PipelineConfig.robustness: nst-eval-robustness
+                                 results.json of the model of <stage> (teacher, student-i)
   report.md, results.json, plots/
 
 Every stage writes `<stage dir>/stage_done.json` last; a rerun skips stages that have it
@@ -35,7 +37,6 @@ import dataclasses
 import gc
 import os
 import shlex
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -66,6 +67,9 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
                            + [f"--{key}={value}" for key, value in sorted(d.items())])]
     if stage.kind == "train":
         return [shlex.join(["nst-main", f"--gin_file={gin_file}"])]
+    if stage.kind == "robustness":
+        return [shlex.join(["nst-eval-robustness", f"--gin_file={gin_file}"]
+                           + robustness_flags(stage.robustness))]
     if stage.kind == "predict":
         return [shlex.join(["nst-main", f"--gin_file={gin_file}", f"--shard_id={shard}"])
                 for shard in range(stage.settings.num_shards)]
@@ -82,6 +86,17 @@ def stage_commands(stage: Stage, run_dir: str) -> List[str]:
             + [shlex.join(base + ["--only_get_stats=2"])]
             + [shlex.join(base + ["--only_get_stats=0", f"--shard_id={s}"]) for s in shards]
             + [shlex.join(base + ["--only_get_stats=3"])])
+
+
+def robustness_flags(settings) -> List[str]:
+    """`nst-eval-robustness` flags of an `eval_robustness.Settings` (its seed is the
+    stage config's `seed`)."""
+    return [f"--data_dir={settings.data_dir}", f"--split={settings.split}",
+            f"--corruptions={','.join(settings.corruptions) or 'none'}",
+            f"--severities={','.join(map(str, settings.severities))}",
+            f"--fgsm_epsilons={','.join(f'{e:g}' for e in settings.fgsm_epsilons)}",
+            f"--num_examples={settings.num_examples}", f"--output={settings.output}",
+            f"--baseline_results={settings.baseline_results}"]
 
 
 def write_stage_configs(stages: List[Stage], run_dir: str):
@@ -169,6 +184,28 @@ def _pseudo_label_summary(stage: Stage) -> Dict:
     return {"pseudo_labels": summary}
 
 
+def _run_robustness(stage: Stage, run_dir: str) -> Dict:
+    """What `nst-eval-robustness` with `robustness_flags` runs; its summary for the report
+    (the whole measurement is in `stage.robustness.output`)."""
+    from nst import eval_robustness
+    from nst.robustness import metrics
+    config = config_lib.build_config([os.path.join(run_dir, "configs", f"{stage.name}.gin")])
+    results = eval_robustness.run(stage.robustness, config)
+    _clear_keras()
+    errors = {c: {int(s): e for s, e in per_s.items()}
+              for c, per_s in results["corruptions"].items()}
+    return {"settings": stage.robustness_record(), "robustness": {
+        "model_stage": stage.model_stage, "output": stage.robustness.output,
+        "num_examples": results["dataset"]["num_examples"],
+        "clean_error": results["clean"]["error"],
+        "mean_corruption_error": results["mean_corruption_error"],
+        "error_by_severity": {str(s): e for s, e in
+                              metrics.error_by_severity(errors).items()},
+        "mce": results.get("mce"), "relative_mce": results.get("relative_mce"),
+        "fgsm_accuracy": results["fgsm_accuracy"],
+        "baseline": stage.robustness.baseline_results or None}}
+
+
 def _run_data(stage: Stage) -> Dict:
     d = dict(stage.data_args)
     if d.pop("dataset", "digits") == "fashion_mnist":
@@ -191,6 +228,8 @@ def run_stage(stage: Stage, run_dir: str) -> Dict:
         summary = _run_predict(stage, run_dir)
     elif stage.kind == "pseudo_label":
         summary = _run_pseudo_label(stage, run_dir)
+    elif stage.kind == "robustness":
+        summary = _run_robustness(stage, run_dir)
     else:
         summary = _run_filter(stage)
     summary = dict(summary, stage=stage.name, kind=stage.kind, iteration=stage.iteration,
@@ -214,8 +253,14 @@ def results_for_report(pipeline: pc.PipelineConfig, stages: List[Stage],
                         "model_name": stage.settings.model_name, "model_dir": stage.directory,
                         "metrics": done.get("metrics"),
                         "pseudo_labels": pseudo if stage.role == "student" else None})
-    return {"title": pipeline.title, "seed": pipeline.seed,
-            "config": dataclasses.asdict(pipeline), "stages": entries}
+    results = {"title": pipeline.title, "seed": pipeline.seed,
+               "config": dataclasses.asdict(pipeline), "stages": entries}
+    measured = [dict(summaries[s.name]["robustness"], name=s.model_stage,
+                     iteration=s.iteration)
+                for s in stages if s.kind == "robustness" and s.name in summaries]
+    if measured:
+        results["robustness"] = measured
+    return results
 
 
 def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = False,
@@ -244,7 +289,7 @@ def run(pipeline: pc.PipelineConfig, stages: List[Stage], emit_only: bool = Fals
         logging.info("[%d/%d] %s (%s) -> %s   (%.0f s into this run)", number, len(stages),
                      stage.name, stage.kind, stage.directory, time.time() - start)
         summaries[stage.name] = run_stage(stage, run_dir)
-        if stage.kind in ("train", "filter", "pseudo_label"):
+        if stage.kind in ("train", "filter", "pseudo_label", "robustness"):
             report.write_report(run_dir, results_for_report(pipeline, stages, summaries))
         if stage.name == until:
             logging.info("Stopping after %s (--until)", until)

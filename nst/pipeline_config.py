@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from nst import config as config_lib
+from nst import eval_robustness
 from nst import fileio
 from nst import recipes
 from nst import safe_gin
@@ -39,6 +40,7 @@ from nst.models import config as model_config
 from nst.models import flops
 from nst.pseudo import filter_config
 from nst.pseudo.filter_config import FilterConfig
+from nst.robustness import metrics as robustness_metrics
 from nst.recipes import resolve_gin_file  # noqa: F401  (re-exported: the one resolver)
 from nst.settings_check import OneOf, Range
 
@@ -56,11 +58,13 @@ DONE_FILE = "stage_done.json"
 class Stage:
     """One step of the loop.
 
-    kind: data | train | predict | filter | pseudo_label. `settings` (train, predict,
-    pseudo_label) is the stage's ExperimentConfig before `finalize`, written to
-    `configs/<name>.gin`; `filter_config` (filter, pseudo_label) the FilterConfig;
-    `data_args` (data) the digits arguments. pseudo_label = predict + filter as one Beam
-    job (PipelineConfig.pseudo_label_runner = "beam"); its directory is the filter's.
+    kind: data | train | predict | filter | pseudo_label | robustness. `settings` (train,
+    predict, pseudo_label, robustness) is the stage's ExperimentConfig before `finalize`,
+    written to `configs/<name>.gin`; `filter_config` (filter, pseudo_label) the
+    FilterConfig; `data_args` (data) the digits arguments; `robustness` (robustness) the
+    `nst-eval-robustness` settings of the model in `settings.model_dir`. pseudo_label =
+    predict + filter as one Beam job (PipelineConfig.pseudo_label_runner = "beam"); its
+    directory is the filter's.
     """
 
     name: str
@@ -72,13 +76,24 @@ class Stage:
     data_args: Optional[Dict] = None
     role: str = ""  # train: teacher | student | finetune
     beam_args: str = ""  # pseudo_label: the Beam job's pipeline options
+    robustness: Optional[eval_robustness.Settings] = None
+    model_stage: str = ""  # robustness: the stage (or "teacher") whose model it measures
 
     @property
     def done_path(self) -> str:
         return os.path.join(self.directory, DONE_FILE)
 
     def is_done(self) -> bool:
-        return tf.io.gfile.exists(self.done_path)
+        if not tf.io.gfile.exists(self.done_path):
+            return False
+        if self.kind != "robustness":
+            return True
+        # Evaluation settings may change on a finished run (see `prepare_run_dir`): a
+        # measurement made with other ones is stale and runs again.
+        return fileio.read_json(self.done_path).get("settings") == self.robustness_record()
+
+    def robustness_record(self) -> Dict:
+        return json.loads(json.dumps(dataclasses.asdict(self.robustness)))
 
 
 @gin.configurable
@@ -120,6 +135,19 @@ class PipelineConfig:
         depth (the "student without noise" baseline).
       finetune: after the last student, fine-tune at a higher resolution on labeled
         images with shallow layers fixed (§5.9, the L2 recipe); settings in `finetune/`.
+      robustness: after each model (teacher, every student, fine-tuned model) is trained,
+        measure it with `nst-eval-robustness` on `robustness_split` of the labeled data:
+        clean error, error under each corruption and severity, FGSM accuracy; students
+        and the fine-tuned model get CE/mCE relative to the teacher. Results in
+        robustness/<stage>/results.json and a section of report.md. Evaluation only:
+        turning it on (or changing the settings below) on a finished run measures its
+        models without training anything again.
+      robustness_split: split prefix of the labeled data to measure on ("test").
+      robustness_corruptions: comma-separated names of `nst.robustness.corruptions`
+        ("" = all of them, "none" = none).
+      robustness_severities: e.g. "1-5" or "1,3,5".
+      robustness_fgsm_epsilons: FGSM steps in pixel units over 0..255 ("" = none).
+      robustness_num_examples: only the first N images of the split (0 = all).
       seed: seed of every stage (initialisation, input order, noise, filter draws).
     """
 
@@ -148,6 +176,12 @@ class PipelineConfig:
     pseudo_label_beam_args: str = ""
     student_noise: bool = True
     finetune: bool = False
+    robustness: bool = False
+    robustness_split: str = "test"
+    robustness_corruptions: str = ""
+    robustness_severities: str = "1-5"
+    robustness_fgsm_epsilons: str = "1,2,4,8"
+    robustness_num_examples: int = 0
     seed: int = 0
 
     def data_dirs(self) -> Tuple[str, str]:
@@ -171,7 +205,9 @@ RANGES = {
     "predict_batch_size": config_lib.RANGES["predict_batch_size"],
     "seed": config_lib.RANGES["seed"],
     "pseudo_label_runner": OneOf(("local", "beam")),
+    "robustness_num_examples": Range(0),  # 0 = every image of the split
 }
+ROBUSTNESS_DIR = "robustness"
 
 
 def _stage_settings(scopes: List[str]) -> config_lib.ExperimentConfig:
@@ -264,6 +300,8 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
         stages.append(Stage("teacher", "train", 0, teacher_dir, settings=teacher,
                             role="teacher"))
     _check_model(teacher, "teacher")
+    measure = _robustness_planner(pipeline, label_dir, stages)
+    measure("teacher", 0, teacher, teacher_dir)
     previous, previous_dir = teacher, teacher_dir
     num_classes = config_lib.finalize(dataclasses.replace(teacher, mode="train")).num_label_classes
     for i, student in enumerate(students, 1):
@@ -322,6 +360,7 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
                             previous.model_name, _params(previous))
         stages.append(Stage(f"student-{i}", "train", i, student_dir, settings=student,
                             role="student"))
+        measure(f"student-{i}", i, student, student_dir)
         previous, previous_dir = student, student_dir
     if pipeline.finetune:
         finetune_dir = os.path.join(run_dir, "finetune")
@@ -332,7 +371,61 @@ def plan(gin_files: List[str], gin_params: List[str] = (),
         _check_model(finetune, "finetune")
         stages.append(Stage("finetune", "train", pipeline.num_iterations + 1, finetune_dir,
                             settings=finetune, role="finetune"))
+        measure("finetune", pipeline.num_iterations + 1, finetune, finetune_dir)
     return pipeline, stages
+
+
+def robustness_settings(pipeline: PipelineConfig) -> eval_robustness.Settings:
+    """The `nst-eval-robustness` settings the PipelineConfig.robustness_* fields ask for
+    (without data, output and baseline); ValueError naming the field."""
+    from nst.robustness import corruptions
+    field = "PipelineConfig.robustness_"
+    try:
+        names = eval_robustness.parse_names(pipeline.robustness_corruptions)
+        names = (tuple(corruptions.CORRUPTIONS) if not names
+                 else () if names == ("none",) else names)
+        corruptions.check(names, ())
+    except ValueError as e:
+        raise ValueError(f"{field}corruptions={pipeline.robustness_corruptions!r}: {e}") \
+            from None
+    try:
+        severities = eval_robustness.parse_severities(pipeline.robustness_severities,
+                                                      f"{field}severities")
+        corruptions.check((), severities)
+    except ValueError as e:
+        raise ValueError(f"{field}severities: {e}") from None
+    epsilons = eval_robustness.parse_floats(pipeline.robustness_fgsm_epsilons,
+                                            f"{field}fgsm_epsilons")
+    robustness_metrics.check_epsilons(epsilons, f"{field}fgsm_epsilons")
+    if not pipeline.robustness_split:
+        raise ValueError(f"{field}split must name a split of the labeled data, e.g. 'test'")
+    return eval_robustness.Settings(
+        split=pipeline.robustness_split, corruptions=names, severities=severities,
+        fgsm_epsilons=epsilons, num_examples=pipeline.robustness_num_examples,
+        seed=pipeline.seed)
+
+
+def _robustness_planner(pipeline: PipelineConfig, label_dir: str, stages: List[Stage]):
+    """measure(model_stage, iteration, settings, model_dir) appends the robustness stage of
+    one model when PipelineConfig.robustness is on (a no-op otherwise). The teacher's
+    results are the baseline of every later model's CE and mCE."""
+    if not pipeline.robustness:
+        return lambda *args: None
+    base = dataclasses.replace(robustness_settings(pipeline), data_dir=label_dir)
+    teacher_output = []
+
+    def measure(model_stage: str, iteration: int, settings, model_dir: str):
+        directory = os.path.join(pipeline.run_dir, ROBUSTNESS_DIR, model_stage)
+        output = os.path.join(directory, "results.json")
+        robustness = dataclasses.replace(
+            base, output=output,
+            baseline_results=teacher_output[0] if teacher_output else "")
+        teacher_output.append(output)
+        model = dataclasses.replace(settings, mode="eval", model_dir=model_dir)
+        stages.append(Stage(f"robustness-{model_stage}", "robustness", iteration, directory,
+                            settings=model, robustness=robustness, model_stage=model_stage))
+
+    return measure
 
 
 def _generated_extra_shards(pipeline: PipelineConfig) -> int:
@@ -409,6 +502,9 @@ def describe(pipeline: PipelineConfig, stages) -> Dict:
                 "predict": dataclasses.asdict(stage.settings),
                 "filter": dataclasses.asdict(stage.filter_config),
                 "beam_args": stage.beam_args}
+        elif stage.kind == "robustness":
+            out["stages"][stage.name] = {"model": dataclasses.asdict(stage.settings),
+                                         "robustness": stage.robustness_record()}
         elif stage.settings is not None:
             out["stages"][stage.name] = dataclasses.asdict(stage.settings)
         elif stage.filter_config is not None:
@@ -427,12 +523,26 @@ def _differences(old, new, prefix="") -> List[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
+def _training_identity(described: Dict) -> Dict:
+    """What of `describe`'s output a run's trained models depend on: all but the
+    robustness measurements, which only read the models (a robustness stage whose
+    settings changed runs again: `Stage.is_done`). PipelineConfig fields that a run
+    directory's pipeline.json lacks (it predates them) count as their defaults."""
+    pipeline = {**dataclasses.asdict(PipelineConfig()), **described.get("pipeline", {})}
+    return {"pipeline": {k: v for k, v in json.loads(json.dumps(pipeline)).items()
+                         if not k.startswith("robustness")},
+            "stages": {k: v for k, v in described.get("stages", {}).items()
+                       if not k.startswith("robustness-")}}
+
+
 def prepare_run_dir(pipeline: PipelineConfig, stages, overwrite: bool = False):
-    """Creates the run dir, or checks that an existing one was made by these settings."""
+    """Creates the run dir, or checks that an existing one was made by these settings
+    (robustness settings aside: `_training_identity`)."""
     path = os.path.join(pipeline.run_dir, PIPELINE_FILE)
     wanted = describe(pipeline, stages)
     if tf.io.gfile.exists(path):
-        differences = _differences(fileio.read_json(path), wanted)
+        differences = _differences(_training_identity(fileio.read_json(path)),
+                                   _training_identity(wanted))
         if differences and not overwrite:
             shown = "\n  ".join(differences[:12])
             raise ValueError(

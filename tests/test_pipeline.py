@@ -134,6 +134,94 @@ def test_emitted_commands_replay_the_stage_configs(tmp_path):
     assert not os.path.exists(os.path.join(config.run_dir, "iteration_0"))  # nothing ran
 
 
+ROBUST = ("PipelineConfig.robustness = True",
+          "PipelineConfig.robustness_corruptions = 'gaussian_noise,contrast'",
+          "PipelineConfig.robustness_severities = '1,3'",
+          "PipelineConfig.robustness_fgsm_epsilons = '2'")
+
+
+def test_robustness_measures_every_model_against_the_teacher(tmp_path):
+    config, stages = _plan(tmp_path, *ROBUST)
+    assert [s.name for s in stages] == [
+        "data", "teacher", "robustness-teacher", "predict-1", "filter-1", "student-1",
+        "robustness-student-1", "predict-2", "filter-2", "student-2", "robustness-student-2"]
+    s = _by_name(stages)
+    teacher_output = s["robustness-teacher"].robustness.output
+    assert teacher_output == f"{config.run_dir}/robustness/teacher/results.json"
+    assert s["robustness-teacher"].robustness.baseline_results == ""
+    for name in ("student-1", "student-2"):
+        measured = s[f"robustness-{name}"]
+        assert measured.settings.model_dir == s[name].directory
+        assert measured.robustness.baseline_results == teacher_output
+        assert measured.robustness.data_dir == f"{config.run_dir}/data"
+        assert (measured.robustness.corruptions, measured.robustness.severities,
+                measured.robustness.fgsm_epsilons) == (("gaussian_noise", "contrast"),
+                                                       (1, 3), (2.0,))
+    # The emitted command is nst-eval-robustness with the same settings (parsed by that
+    # binary's own flags, in a process of its own).
+    pc.prepare_run_dir(config, stages)
+    pipeline.run(config, stages, emit_only=True)
+    command = pipeline.stage_commands(s["robustness-student-1"], config.run_dir)[0]
+    argv = shlex.split(command)
+    assert argv[0] == "nst-eval-robustness"
+    replay = ("import dataclasses, json, sys\n"
+              "from nst import config, eval_robustness as er\n"
+              "er.define_flags(); er.FLAGS(sys.argv)\n"
+              "built = config.build_config(er.FLAGS.gin_file)\n"
+              "print(json.dumps([dataclasses.asdict(er.settings_from_flags(built)),"
+              " built.model_dir]))\n")
+    done = subprocess.run([sys.executable, "-c", replay] + argv[1:], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+    replayed, model_dir = json.loads(done.stdout.strip().splitlines()[-1])
+    assert replayed == s["robustness-student-1"].robustness_record()
+    assert model_dir == s["student-1"].directory
+    # Default corruptions: all of them.
+    _, default = _plan(tmp_path, "PipelineConfig.robustness = True")
+    from nst.robustness import corruptions
+    assert _by_name(default)["robustness-teacher"].robustness.corruptions == \
+        corruptions.CORRUPTIONS
+
+
+@pytest.mark.parametrize("binding,match", [
+    ("PipelineConfig.robustness_corruptions = 'fgo'", "robustness_corruptions='fgo'.*fog"),
+    ("PipelineConfig.robustness_severities = '0-2'", "robustness_severities.*Severity 0"),
+    ("PipelineConfig.robustness_fgsm_epsilons = '300'", r"fgsm_epsilons.*\(0, 255\]"),
+    ("PipelineConfig.robustness_num_examples = -1", "robustness_num_examples = -1"),
+])
+def test_bad_robustness_settings_fail_at_plan_time(tmp_path, binding, match):
+    with pytest.raises(ValueError, match=match):
+        _plan(tmp_path, "PipelineConfig.robustness = True", binding)
+    assert not (tmp_path / "run").exists()
+
+
+def test_robustness_settings_may_change_on_a_finished_run(tmp_path):
+    """Turning robustness on, or changing what it measures, keeps the trained stages (a
+    measurement only reads the models) and reruns only the stale measurements."""
+    config, stages = _plan(tmp_path)
+    pc.prepare_run_dir(config, stages)
+    measured, measured_stages = _plan(tmp_path, *ROBUST)
+    pc.prepare_run_dir(measured, measured_stages)  # not refused
+    stage = _by_name(measured_stages)["robustness-teacher"]
+    os.makedirs(stage.directory)
+    with open(stage.done_path, "w") as f:
+        json.dump({"settings": stage.robustness_record()}, f)
+    assert stage.is_done()
+    _, other = _plan(tmp_path, *ROBUST, "PipelineConfig.robustness_severities = '1-5'")
+    pc.prepare_run_dir(measured, other)
+    assert not _by_name(other)["robustness-teacher"].is_done()
+    # A pipeline.json written before the robustness fields existed still matches.
+    path = tmp_path / "run" / pc.PIPELINE_FILE
+    old = json.loads(path.read_text())
+    old["pipeline"] = {k: v for k, v in old["pipeline"].items()
+                       if not k.startswith("robustness")}
+    path.write_text(json.dumps(old))
+    pc.prepare_run_dir(config, stages)
+    # A training setting still may not change.
+    changed, changed_stages = _plan(tmp_path, *ROBUST, "student/ExperimentConfig.train_steps = 9")
+    with pytest.raises(ValueError, match="other settings"):
+        pc.prepare_run_dir(changed, changed_stages)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -260,6 +348,40 @@ def test_quick_run_writes_every_stage_and_the_report(quick_run):
     assert _final_numbers(quick_run)[0] == numbers
     assert json.loads(before)["stages"] == json.loads(
         open(os.path.join(quick_run, "results.json")).read())["stages"]
+
+
+@pytest.mark.slow
+def test_robustness_of_a_finished_run_is_reported(quick_run):
+    """PipelineConfig.robustness on the finished quick run: only the measurements run;
+    report.md gets the table and the plot; the numbers agree with the run's own eval
+    and with the mCE formula."""
+    extra = [f"--gin_param={b}" for b in ROBUST]
+    done = subprocess.run(_command(quick_run, *extra), check=True, cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.stderr.count("done earlier, skipped") == 5
+    results = json.load(open(os.path.join(quick_run, "results.json")))
+    measured = {r["name"]: r for r in results["robustness"]}
+    assert list(measured) == ["teacher", "student-1"]
+    for stage in results["stages"]:
+        entry = measured[stage["name"]]
+        assert entry["num_examples"] == 539
+        assert entry["clean_error"] == pytest.approx(
+            1 - stage["metrics"]["test"]["top_1_accuracy"], abs=1e-9)
+        full = json.load(open(entry["output"]))
+        errors = full["corruptions"]
+        assert entry["error_by_severity"] == pytest.approx(
+            {s: (errors["gaussian_noise"][s] + errors["contrast"][s]) / 2 for s in ("1", "3")})
+    teacher = json.load(open(measured["teacher"]["output"]))["corruptions"]
+    student = json.load(open(measured["student-1"]["output"]))["corruptions"]
+    ce = [sum(student[c].values()) / sum(teacher[c].values()) for c in teacher]
+    assert measured["student-1"]["mce"] == pytest.approx(sum(ce) / len(ce))
+    assert measured["teacher"]["mce"] is None
+    report = open(os.path.join(quick_run, "report.md")).read()
+    assert "## Robustness" in report and "FGSM ε=2" in report and "100 (ref)" in report
+    assert os.path.exists(os.path.join(quick_run, "plots", "robustness.png"))
+    again = subprocess.run(_command(quick_run, *extra), check=True, cwd=REPO,
+                           capture_output=True, text=True)
+    assert again.stderr.count("done earlier, skipped") == 7
 
 
 @pytest.mark.slow

@@ -360,3 +360,32 @@ def test_pseudo_label_accuracy_section(tmp_path):
     assert class_rows[0] == "| 0 | 0.95 | 12 | 8 | 5 | 90.00 | — |"
     assert class_rows[1] == "| 0 | 0.90 | 12 | 8 | 5 |"  # iteration 2 has no accuracy
     assert "| 1 | " in text and " | 25.00 | 25.00 |" in text
+
+
+def test_robustness_table_and_plot(tmp_path):
+    """The robustness section: one row per measured model, in %, the teacher as the mCE
+    reference, an FGSM column per ε of any row; and the error-per-severity plot."""
+    run_dir = str(tmp_path / "run")
+    teacher = {"name": "teacher", "iteration": 0, "num_examples": 500, "clean_error": 0.2,
+               "mean_corruption_error": 0.45, "error_by_severity": {"1": 0.3, "3": 0.6},
+               "mce": None, "relative_mce": None, "baseline": None,
+               "fgsm_accuracy": {"2": 0.5, "8": 0.125}}
+    student = dict(teacher, name="student-1", iteration=1, clean_error=0.15,
+                   mean_corruption_error=0.36, mce=0.8, relative_mce=0.84,
+                   baseline="robustness/teacher/results.json", fgsm_accuracy={"2": 0.625})
+    paths = report.write_report(run_dir, dict(_full_results(), robustness=[teacher, student]))
+    text = open(paths["report"], encoding="utf-8").read()
+    assert "## Robustness" in text
+    section = text[text.index("## Robustness"):]
+    header = next(line for line in section.splitlines() if line.startswith("| model |"))
+    assert header.endswith("| FGSM ε=2 | FGSM ε=8 |")
+    assert _row(section, "teacher")[-7:] == ["500", "20.00", "45.00", "100 (ref)", "100 (ref)",
+                                          "50.00", "12.50"]
+    assert _row(section, "student-1")[-7:] == ["500", "15.00", "36.00", "80.00", "84.00",
+                                            "62.50", "—"]
+    assert "![error per corruption severity](plots/robustness.png)" in text
+    _check_png(paths["plots"]["robustness"])
+    # Without measurements: no section, no plot.
+    plain = report.write_report(str(tmp_path / "plain"), _full_results())
+    assert "robustness" not in plain["plots"]
+    assert "## Robustness" not in open(plain["report"], encoding="utf-8").read()

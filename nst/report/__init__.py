@@ -10,6 +10,8 @@ always has a partial report; each call rewrites every file atomically. It writes
                                                per-class thresholds of iteration i
   <run_dir>/plots/class_counts_iteration_<i>.png  images per class before balancing
                                                (argmax) and copies written after it
+  <run_dir>/plots/robustness.png               top-1 error per corruption severity of
+                                               every measured model (with "robustness")
 
 A plot is drawn only when its data exists; a plot that fails (or matplotlib missing) is
 logged and named in report.md instead of stopping the run.
@@ -32,7 +34,15 @@ results.json and ignored by the report):
       "pseudo_labels": None | `pseudo_label_summary(...)` dict   # None: online teacher
      }, ...],
    "baselines": [                         # optional extra rows, e.g. no-noise student
-     {"name": str, "iteration": int, "model_name": str, "metrics": {...as above...}}]}
+     {"name": str, "iteration": int, "model_name": str, "metrics": {...as above...}}],
+   "robustness": [                        # optional: one entry per measured model
+     {"name": str, "iteration": int,      # the model's stage ("teacher", "student-1")
+      "num_examples": int, "clean_error": float,        # fractions 0..1
+      "mean_corruption_error": float,     # mean over corruptions and severities
+      "error_by_severity": {"<s>": float},  # mean over corruptions at severity s
+      "mce": float | None, "relative_mce": float | None,  # vs "baseline" (None: this
+      "baseline": str | None,             #   is the reference model, the teacher)
+      "fgsm_accuracy": {"<ε>": float}, "output": str}]}  # output: the full JSON
 
 `pseudo_label_summary(filter_output_dir, prelim_stats_dir=None)` (or
 `pseudo_label_summary(filter_config)`) reads the files of the local filter
@@ -79,7 +89,7 @@ from nst.report.inputs import metrics_from_eval_results, pseudo_label_summary
 from nst.report.markdown import (MAX_CONFIG_ENTRIES, MAX_TABLE_CLASSES, render_markdown,
                                  verdict)
 from nst.report.plots import (MAX_PANEL_CLASSES, plot_accuracy, plot_class_counts,
-                              plot_confidence)
+                              plot_confidence, plot_robustness)
 from nst.report.values import DASH, DEV_SPLIT, TEST_SPLIT, iteration, jsonable
 
 
@@ -116,6 +126,10 @@ def write_report(run_dir: str, results: dict) -> dict:
     valid_stages = [s for s in stages if isinstance(s, Mapping)]
     draw("accuracy", lambda p: plot_accuracy(
         valid_stages, [b for b in baselines if isinstance(b, Mapping)], p))
+    measured = results.get("robustness") or []
+    if isinstance(measured, list) and measured:
+        draw("robustness", lambda p: plot_robustness(
+            [r for r in measured if isinstance(r, Mapping)], p))
     for i, stage in enumerate(valid_stages):
         summary = stage.get("pseudo_labels")
         if not isinstance(summary, Mapping):

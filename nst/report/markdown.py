@@ -134,6 +134,30 @@ def _pseudo_label_lines(summary: Mapping) -> List[str]:
     return lines
 
 
+def _robustness_lines(entries: List[Mapping]) -> List[str]:
+    """The robustness table: one row per measured model, ε columns from every row."""
+    epsilons = sorted({e for entry in entries for e in (entry.get("fgsm_accuracy") or {})},
+                      key=float)
+    lines = ["Top-1 error in %; mCE and relative mCE in % of the teacher's (Hendrycks & "
+             "Dietterich's normalisation, with the teacher as the baseline model); FGSM: "
+             "top-1 accuracy in % after one signed-gradient step of ε (pixels, 0..255).",
+             "", "| model | iteration | images | clean error | mean corruption error | mCE "
+             "| relative mCE |" + "".join(f" FGSM ε={e} |" for e in epsilons),
+             "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(epsilons)]
+    for entry in entries:
+        is_reference = not entry.get("baseline")
+        it = iteration(entry)
+        fgsm = entry.get("fgsm_accuracy") or {}
+        lines.append("| " + " | ".join(
+            [cell(entry.get("name")), DASH if it is None else str(it),
+             DASH if entry.get("num_examples") is None else str(entry["num_examples"]),
+             pct(entry.get("clean_error")), pct(entry.get("mean_corruption_error")),
+             "100 (ref)" if is_reference else pct(entry.get("mce")),
+             "100 (ref)" if is_reference else pct(entry.get("relative_mce"))]
+            + [pct(fgsm.get(e)) for e in epsilons]) + " |")
+    return lines
+
+
 def render_markdown(results: Mapping, plots: Mapping[str, str],
                     plot_errors: Mapping[str, str], pseudo_plots: Mapping[int, Dict]) -> str:
     """report.md text. plots: {name: path relative to run_dir}; pseudo_plots: stage index ->
@@ -163,6 +187,10 @@ def render_markdown(results: Mapping, plots: Mapping[str, str],
         return []
 
     lines += image("accuracy", "accuracy per iteration")
+    measured = [r for r in results.get("robustness") or [] if isinstance(r, Mapping)]
+    if measured:
+        lines += ["## Robustness", ""] + _robustness_lines(measured) + [""]
+        lines += image("robustness", "error per corruption severity")
     pseudo = [(i, s) for i, s in enumerate(stages) if (iteration(s) or 0) >= 1
               or s.get("pseudo_labels")]
     if pseudo:

@@ -147,3 +147,34 @@ def plot_class_counts(summary: Mapping, path: str, title: str = ""):
     ax.set_title(title or "Images per class")
     ax.legend(fontsize="small")
     _save_figure(fig, path)
+
+
+def plot_robustness(entries: List[Mapping], path: str) -> bool:
+    """Top-1 error (%) against corruption severity (0 = clean; s = mean over the
+    corruptions at severity s), one line per measured model. Returns False (and writes
+    nothing) when no model was measured."""
+    series = []
+    for entry in entries:
+        points = [(0, entry.get("clean_error"))] + sorted(
+            (int(s), e) for s, e in (entry.get("error_by_severity") or {}).items())
+        points = [(s, 100 * e) for s, e in points if e is not None]
+        if points:
+            series.append((str(entry.get("name", "model")), points))
+    if not series:
+        return False
+    fig = _new_figure(6, 4)
+    ax = fig.add_subplot()
+    severities = set()
+    for label, points in series:
+        xs, ys = zip(*points)
+        severities.update(xs)
+        ax.plot(xs, ys, "o-", label=label)
+    ax.set_xticks(sorted(severities))
+    ax.set_xticklabels(["clean" if s == 0 else str(s) for s in sorted(severities)])
+    ax.set_xlabel("corruption severity (mean over corruptions)")
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_title("Error under corruptions")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    _save_figure(fig, path)
+    return True

@@ -19,9 +19,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def record_batches(pattern: str, num_classes: int, batch_size: int,
-                   view: ip.ViewConfig) -> tf.data.Dataset:
-    """Labeled TFRecords through the eval input pipeline (`ip.eval_dataset`)."""
-    dataset = ip.eval_dataset(pattern, num_classes, batch_size, view)
+                   view: ip.ViewConfig, max_images: Optional[int] = None) -> tf.data.Dataset:
+    """Labeled TFRecords through the eval input pipeline (`ip.eval_dataset`);
+    `max_images`: only the first N images in file order (None: all)."""
+    dataset = ip.eval_dataset(pattern, num_classes, batch_size, view, max_images=max_images)
     return dataset.map(lambda b: {"image": b["image"], "label": b["label"]})
 
 
@@ -33,7 +34,8 @@ def tfds_info(name: str, data_dir: Optional[str]):
     return builder, info.num_classes
 
 
-def tfds_batches(builder, split: str, batch_size: int, view: ip.ViewConfig) -> tf.data.Dataset:
+def tfds_batches(builder, split: str, batch_size: int, view: ip.ViewConfig,
+                 max_images: Optional[int] = None) -> tf.data.Dataset:
     """A TFDS split in its deterministic order, decoded to uint8 and put through the view.
 
     Unlike `tfds_source.tfds_source` the pixels are not re-encoded as JPEG: the
@@ -41,6 +43,8 @@ def tfds_batches(builder, split: str, batch_size: int, view: ip.ViewConfig) -> t
     should not get a second JPEG pass).
     """
     dataset = builder.as_dataset(split=split, shuffle_files=False)
+    if max_images is not None:
+        dataset = dataset.take(max_images)
 
     def make(example):
         image = tfds_source.to_rgb_uint8(example["image"])

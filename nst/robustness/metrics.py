@@ -59,6 +59,14 @@ def mean_error(errors: Errors) -> Optional[float]:
     return mean_defined([e for per_s in errors.values() for e in per_s.values()])
 
 
+def error_by_severity(errors: Errors) -> Dict[int, Optional[float]]:
+    """Mean over corruptions of E_{s,c}, per severity s: the curve of error against
+    severity that the report plots."""
+    severities = sorted({s for per_s in errors.values() for s in per_s})
+    return {s: mean_defined([per_s[s] for per_s in errors.values() if s in per_s])
+            for s in severities}
+
+
 def fgsm_images(model_fn, images: tf.Tensor, labels: tf.Tensor, epsilon: float) -> tf.Tensor:
     """One fast-gradient-sign step (Goodfellow et al. 2015) in pixel space.
 

@@ -3,6 +3,7 @@ CE/mCE and FGSM on hand-computed numbers, an end-to-end run on a tiny digits mod
 (clean error = plain eval's), the bad-input refusals, and ImageNet-A's 200-class
 restriction on mocked TFDS data."""
 
+import dataclasses
 import importlib
 import json
 import os
@@ -97,7 +98,7 @@ def _config(model_dir, data_dir=None, **overrides):
 def _settings(tmp_path, module, **overrides):
     values = dict(data_dir="", split="dev", corruptions=tuple(module.CORRUPTIONS[:1]),
                   severities=(1, 3), fgsm_epsilons=(2.0, 8.0),
-                  output=str(tmp_path / "robustness.json"))
+                  output=str(tmp_path / "out" / "robustness.json"))  # out/: made by run
     values.update(overrides)
     return er.Settings(**values)
 
@@ -120,6 +121,12 @@ def test_ce_and_mce_match_hand_computed_numbers():
     # A baseline without error leaves CE undefined (None), and the mean skips it.
     zero = metrics.corruption_errors({"a": {1: 0.3}}, {"a": {1: 0.0}})
     assert zero == {"a": None} and metrics.mean_defined([None, 0.5]) == 0.5
+
+
+def test_error_by_severity_is_the_mean_over_corruptions():
+    assert metrics.error_by_severity(ERRORS) == pytest.approx({1: 0.35, 2: 0.45})
+    assert metrics.error_by_severity({"a": {1: 0.2}, "b": {1: 0.4, 3: 0.9}}) == \
+        pytest.approx({1: 0.3, 3: 0.9})
 
 
 def test_fgsm_step_on_a_linear_model_is_the_analytic_sign_and_clips():
@@ -193,6 +200,19 @@ def test_run_writes_results_and_clean_error_equals_plain_eval(
     assert all(v is None or v == pytest.approx(1.0) for v in again["ce"].values())
     assert again["mce"] is None or again["mce"] == pytest.approx(1.0)
 
+    # --num_examples: the first N images of the split, in file order, and a baseline of
+    # the whole split no longer matches.
+    first_50 = _settings(tmp_path, corruptions, data_dir=digits_dir, corruptions=(),
+                         fgsm_epsilons=(), num_examples=50, output=str(tmp_path / "c.json"))
+    head = er.run(first_50, config)
+    plain_50 = eval_lib.evaluate(model, ip.eval_dataset(
+        os.path.join(digits_dir, "dev*"), 10, 64, view, max_images=50), 10)
+    assert head["dataset"]["num_examples"] == 50
+    assert head["clean"]["error"] == pytest.approx(1 - plain_50["top_1_accuracy"], abs=1e-9)
+    with pytest.raises(ValueError, match="counts 179 images, this split 50"):
+        er.run(dataclasses.replace(first_50, baseline_results=settings.output,
+                                   output=str(tmp_path / "d.json")), config)
+
 
 # --------------------------------------------------------------------------- bad input
 
@@ -213,6 +233,7 @@ def _expect_refusal(tmp_path, settings, config, match, monkeypatch):
     (dict(severities=(6,)), "--severities"),
     (dict(fgsm_epsilons=(0.0,)), r"--fgsm_epsilons.*\(0, 255\]"),
     (dict(fgsm_epsilons=(300.0,)), r"--fgsm_epsilons.*\(0, 255\]"),
+    (dict(num_examples=-1), r"--num_examples=-1: expected an integer >= 0"),
 ])
 def test_bad_flags_are_refused_before_work(corruptions, model_dir, digits_dir, tmp_path,
                                            monkeypatch, overrides, match):
