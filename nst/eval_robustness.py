@@ -332,6 +332,22 @@ def run(settings: Settings, config: config_lib.ExperimentConfig, strategy=None) 
     return results
 
 
+def summary(results: Dict) -> Dict:
+    """The few numbers of a results dict that reports tabulate: clean error, mean
+    corruption error, error per severity (mean over corruptions), mCE and relative mCE
+    (None without a baseline), FGSM accuracy per ε, image count."""
+    errors = {c: {int(s): e for s, e in per_s.items()}
+              for c, per_s in results["corruptions"].items()}
+    return {"num_examples": results["dataset"]["num_examples"],
+            "clean_error": results["clean"]["error"],
+            "mean_corruption_error": results["mean_corruption_error"],
+            "error_by_severity": {str(s): e for s, e in
+                                  metrics.error_by_severity(errors).items()},
+            "mce": results.get("mce"), "relative_mce": results.get("relative_mce"),
+            "fgsm_accuracy": results["fgsm_accuracy"],
+            "baseline": results.get("baseline_results")}
+
+
 # ----------------------------------------------------------------------------- flags
 
 

@@ -188,22 +188,12 @@ def _run_robustness(stage: Stage, run_dir: str) -> Dict:
     """What `nst-eval-robustness` with `robustness_flags` runs; its summary for the report
     (the whole measurement is in `stage.robustness.output`)."""
     from nst import eval_robustness
-    from nst.robustness import metrics
     config = config_lib.build_config([os.path.join(run_dir, "configs", f"{stage.name}.gin")])
     results = eval_robustness.run(stage.robustness, config)
     _clear_keras()
-    errors = {c: {int(s): e for s, e in per_s.items()}
-              for c, per_s in results["corruptions"].items()}
-    return {"settings": stage.robustness_record(), "robustness": {
-        "model_stage": stage.model_stage, "output": stage.robustness.output,
-        "num_examples": results["dataset"]["num_examples"],
-        "clean_error": results["clean"]["error"],
-        "mean_corruption_error": results["mean_corruption_error"],
-        "error_by_severity": {str(s): e for s, e in
-                              metrics.error_by_severity(errors).items()},
-        "mce": results.get("mce"), "relative_mce": results.get("relative_mce"),
-        "fgsm_accuracy": results["fgsm_accuracy"],
-        "baseline": stage.robustness.baseline_results or None}}
+    return {"settings": stage.robustness_record(),
+            "robustness": dict(eval_robustness.summary(results),
+                               model_stage=stage.model_stage, output=stage.robustness.output)}
 
 
 def _run_data(stage: Stage) -> Dict:

@@ -6,6 +6,8 @@ import json
 import importlib.util
 import os
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -218,3 +220,59 @@ def test_peers_of_an_archived_only_seed_use_a_rerun_data_stage(tmp_path, monkeyp
     assert calls == [("seed_3/teacher", ("--until=data",))]
     assert loaded == ["seed_3/teacher/data"]
     assert json.load(open(store / "seed_3_peers.json"))["results"] == fitted
+
+
+def test_robustness_of_the_models_on_disk_once_per_setting(tmp_path, monkeypatch):
+    """--robustness measures the seed's teacher first, then every student on disk against
+    it; a rerun with the same settings measures nothing; the table is mean ± std in %."""
+    tool = _tool()
+    work, store = tmp_path / "work", tmp_path / "archive"
+    for run, stage in (("teacher", "iteration_0/teacher"), ("no_noise", "iteration_1/student"),
+                       ("reference", "iteration_1/student")):
+        (work / "seed_4" / run / stage).mkdir(parents=True)
+        (work / "seed_4" / run / stage / "stage_done.json").write_text("{}")
+    (work / "seed_4" / "same_size").mkdir()  # started, no student yet: not measured
+    calls = []
+    clean = {"teacher": 0.2, "no_noise": 0.25, "reference": 0.15}
+
+    def fake_eval(command, stdout=None, stderr=None):
+        args = dict(a[2:].split("=", 1) for a in command[3:])
+        calls.append((os.path.relpath(args["gin_file"], work), args.get("baseline_results")))
+        run = os.path.relpath(args["gin_file"], work).split(os.sep)[1]
+        error = clean[run]
+        results = {"dataset": {"num_examples": 100}, "clean": {"error": error},
+                   "corruptions": {"fog": {"1": error + 0.1, "3": error + 0.3}},
+                   "mean_corruption_error": error + 0.2, "fgsm_accuracy": {"2": 0.5},
+                   "baseline_results": args.get("baseline_results")}
+        if "baseline_results" in args:
+            results.update(mce=(2 * error + 0.4) / 0.8, relative_mce=1.0)
+        with open(args["output"], "w") as f:
+            json.dump(results, f)
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(tool.subprocess, "run", fake_eval)
+    monkeypatch.setattr(tool, "_commit", lambda: "c")
+    tool.FLAGS(["benchmark_ssl", "--dataset=fashion_mnist", f"--work_dir={work}",
+                f"--archive_dir={store}", "--robustness_num_examples=100",
+                "--robustness_corruptions=fog"])
+    try:
+        (work / "seed_4" / "robustness").mkdir()
+        measured = tool.measure_robustness("4", ["no_noise", "same_size", "reference"])
+        teacher_json = str(work / "seed_4" / "robustness" / "teacher.json")
+        assert calls == [("seed_4/teacher/configs/teacher.gin", None),
+                         ("seed_4/no_noise/configs/student-1.gin", teacher_json),
+                         ("seed_4/reference/configs/student-1.gin", teacher_json)]
+        assert list(measured) == ["teacher", "no_noise student-1", "reference student-1"]
+        assert measured["reference student-1"]["summary"]["error_by_severity"] == \
+            pytest.approx({"1": 0.25, "3": 0.45})
+        assert json.load(open(store / "seed_4_robustness.json"))["results"] == measured
+        calls.clear()
+        assert tool.measure_robustness("4", ["no_noise", "same_size", "reference"]) == measured
+        assert calls == []
+        text = tool.robustness_table({"4": measured}, ["4"])
+        assert "first 100 test images" in text
+        row = next(line for line in text.splitlines() if line.startswith("| reference"))
+        assert row == ("| reference student-1 | 15.00 (1 seed) | 35.00 (1 seed) | "
+                       "87.50 (1 seed) | 100.00 (1 seed) | 50.00 (1 seed) | 4 |")
+    finally:
+        tool.FLAGS.unparse_flags()

@@ -21,6 +21,13 @@ budget still yields the main table. Every run resumes when the command is rerun;
 Wall time per run is the sum of its stages' own times (`seconds` in each
 stage_done.json), so it is right for resumed runs too.
 
+With `--robustness`, a last phase measures every model still on disk with
+`nst-eval-robustness` on the test split (`--robustness_*` flags: corruptions, severities,
+FGSM ε, first N images): per seed the teacher the students learnt from, then the main run's
+students and each ablation's student-1, with the teacher as the mCE baseline; the table
+gives mean ± std over the seeds that have each model. Each model is measured once per
+setting (seed_<s>/robustness/, archived as seed_<s>_robustness.json).
+
 With `--archive_dir` every finished run (and the peers of a seed) is also stored there as
 one small JSON file (its results.json, wall time, date and commit); a run that the work
 directory lacks but the archive holds is not run again. Committed, the archive carries a
@@ -106,6 +113,13 @@ flags.DEFINE_string("archive_dir", "", "Copy every finished run's results (and w
                     "running it again: a benchmark spread over machines resumes from a "
                     "committed archive.")
 flags.DEFINE_string("markdown", "", "Write the tables to this Markdown file.")
+flags.DEFINE_bool("robustness", False, "After the runs, measure every model still on "
+                  "disk with nst-eval-robustness (the seed's teacher is the mCE baseline)")
+flags.DEFINE_string("robustness_corruptions", "", "Corruptions (default: all)")
+flags.DEFINE_string("robustness_severities", "1-5", "Severities")
+flags.DEFINE_string("robustness_fgsm_epsilons", "1,2,4,8", "FGSM ε in pixels over 0..255")
+flags.DEFINE_integer("robustness_num_examples", 0, "Only the first N test images "
+                     "(0 = all)")
 
 
 def _check_ablations(names: List[str]) -> List[str]:
@@ -257,6 +271,105 @@ def _pseudo_accuracy(stage: Dict) -> Dict[str, Optional[float]]:
     return {when: (accuracy.get(when) or {}).get("accuracy") for when in ("before", "after")}
 
 
+# ----------------------------------------------------------------------------- robustness
+
+
+def _robustness_flags() -> List[str]:
+    return [f"--corruptions={FLAGS.robustness_corruptions}",
+            f"--severities={FLAGS.robustness_severities}",
+            f"--fgsm_epsilons={FLAGS.robustness_fgsm_epsilons}",
+            f"--num_examples={FLAGS.robustness_num_examples}"]
+
+
+def robustness_models(seed, ablations: List[str]) -> List[Tuple[str, str, str]]:
+    """(label, run dir, stage) of each model of a seed still on disk: the teacher the
+    students learnt from first (the main run's, or the ablations' retrained one), then
+    the main run's students and each ablation's student-1."""
+    seed_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}")
+    main_dir = os.path.join(seed_dir, "main")
+    teacher_run = main_dir if os.path.exists(main_dir) else os.path.join(seed_dir, "teacher")
+    models = []
+    if os.path.exists(os.path.join(teacher_run, "iteration_0", "teacher",
+                                   "stage_done.json")):
+        models.append(("teacher", teacher_run, "teacher"))
+    for run, stages in [("main", ["student-1", "student-2"])] + [
+            (name, ["student-1"]) for name in ablations]:
+        for stage in stages:
+            iteration = stage.split("-")[1]
+            if os.path.exists(os.path.join(seed_dir, run, f"iteration_{iteration}",
+                                           "student", "stage_done.json")):
+                models.append((f"{run} {stage}", os.path.join(seed_dir, run), stage))
+    return models
+
+
+def measure_robustness(seed, ablations: List[str]) -> Dict[str, Dict]:
+    """{label: nst-eval-robustness summary} of the seed's models on disk, each measured
+    once per setting (kept in <work_dir>/seed_<s>/robustness/ and the archive)."""
+    from nst import eval_robustness
+    models = robustness_models(seed, ablations)
+    stored = (archived(seed, "robustness") or {}).get("results", {})
+    if not models or models[0][0] != "teacher":
+        return stored  # no teacher here: only what the archive holds
+    out_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", "robustness")
+    settings = _robustness_flags()
+    teacher_json = os.path.join(out_dir, "teacher.json")
+    data_dir = os.path.join(models[0][1], "data")
+    measured = dict(stored)
+    for label, run_dir, stage in models:
+        if measured.get(label, {}).get("settings") == settings:
+            continue
+        output = os.path.join(out_dir, label.replace(" ", "_") + ".json")
+        command = [sys.executable, "-m", "nst.eval_robustness",
+                   f"--gin_file={os.path.join(run_dir, 'configs', stage + '.gin')}",
+                   f"--data_dir={data_dir}", "--split=test", f"--output={output}",
+                   *settings] + ([] if label == "teacher" else
+                                 [f"--baseline_results={teacher_json}"])
+        log_path = os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_robustness.log")
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "a") as log:
+            log.write(f"\n$ {' '.join(command)}\n")
+            log.flush()
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"{label} of seed {seed}: nst-eval-robustness failed "
+                               f"(exit {done.returncode}); see {log_path}")
+        with open(output) as f:
+            measured[label] = {"settings": settings,
+                               "summary": eval_robustness.summary(json.load(f))}
+        if FLAGS.archive_dir:
+            os.makedirs(FLAGS.archive_dir, exist_ok=True)
+            fileio.atomic_write_text(_archive_path(seed, "robustness"), json.dumps(
+                {"results": measured, "commit": _commit(),
+                 "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
+        print(f"seed {seed}: robustness of {label} measured", flush=True)
+    return measured
+
+
+def robustness_table(measured: Dict[str, Dict[str, Dict]], seeds) -> str:
+    """Mean ± std over the seeds that have each model: errors and FGSM accuracy in %."""
+    labels = list(dict.fromkeys(label for per in measured.values() for label in per))
+    if not labels:
+        return ""
+    epsilons = sorted({e for per in measured.values() for m in per.values()
+                       for e in m["summary"]["fgsm_accuracy"]}, key=float)
+    lines = ["| model | clean error (%) | mean corruption error (%) | mCE vs teacher (%) "
+             "| relative mCE (%) |" + "".join(f" FGSM ε={e} acc. (%) |" for e in epsilons)
+             + " seeds |", "|---|---|---|---|---|" + "---|" * len(epsilons) + "---|"]
+    for label in labels:
+        rows = [measured[s][label]["summary"] for s in seeds if label in measured.get(s, {})]
+        cells = [_mean_std([r["clean_error"] for r in rows]),
+                 _mean_std([r["mean_corruption_error"] for r in rows]),
+                 "100 (ref)" if label == "teacher" else _mean_std([r["mce"] for r in rows]),
+                 "100 (ref)" if label == "teacher" else
+                 _mean_std([r["relative_mce"] for r in rows])]
+        cells += [_mean_std([r["fgsm_accuracy"].get(e) for r in rows]) for e in epsilons]
+        used = ", ".join(s for s in seeds if label in measured.get(s, {}))
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {used} |")
+    n = {m["summary"]["num_examples"] for per in measured.values() for m in per.values()}
+    return (f"Robustness on the first {', '.join(map(str, sorted(n)))} test images:\n\n"
+            + "\n".join(lines))
+
+
 class Benchmark:
     """Collects rows {name: {"test": [per seed], "dev": [per seed]}} as runs finish."""
 
@@ -266,6 +379,7 @@ class Benchmark:
         self.pseudo: Dict[str, Dict[str, List[Optional[float]]]] = {}
         self.seconds: Dict[str, List[Optional[float]]] = {}
         self.peer_params: Dict[str, List] = {}
+        self.robustness: Dict[str, Dict[str, Dict]] = {}  # seed -> label -> entry
 
     def put(self, row: str, seed: str, test, dev):
         entry = self.rows.setdefault(row, {"test": [None] * len(self.seeds),
@@ -291,16 +405,18 @@ class Benchmark:
             self.seeds.index(seed)] = seconds
 
     def tables(self) -> str:
-        return "\n\n".join([table(self.rows, self.seeds),
-                            pseudo_table(self.pseudo, self.seeds),
-                            seconds_table(self.seconds, self.seeds)])
+        return "\n\n".join(t for t in [table(self.rows, self.seeds),
+                                       pseudo_table(self.pseudo, self.seeds),
+                                       seconds_table(self.seconds, self.seeds),
+                                       robustness_table(self.robustness, self.seeds)] if t)
 
     def save(self):
         if FLAGS.output:
             fileio.atomic_write_text(FLAGS.output, json.dumps(
                 {"dataset": FLAGS.dataset, "seeds": self.seeds, "rows": self.rows,
                  "pseudo_label_accuracy": self.pseudo, "seconds": self.seconds,
-                 "peer_params": self.peer_params, "tables": self.tables()}, indent=2))
+                 "peer_params": self.peer_params, "robustness": self.robustness,
+                 "tables": self.tables()}, indent=2))
         if FLAGS.markdown:
             fileio.atomic_write_text(FLAGS.markdown, self.tables() + "\n")
 
@@ -413,6 +529,13 @@ def main(argv):
             bench.put_seconds(label, seed, entry["seconds"])
             bench.save()
             print(f"[{time.time() - start:.0f} s] seed {seed}: {name} done", flush=True)
+
+    if FLAGS.robustness:  # 4. robustness of the models on disk
+        for seed in seeds:
+            bench.robustness[seed] = measure_robustness(
+                seed, ablations if seed in ablation_seeds else [])
+            bench.save()
+            print(f"[{time.time() - start:.0f} s] seed {seed}: robustness done", flush=True)
 
     print(f"{FLAGS.dataset} over seeds {', '.join(seeds)} (mean ± sample std); ablations "
           f"on seeds {', '.join(ablation_seeds) if ablations else 'none'}")
