@@ -30,11 +30,15 @@ flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
 flags.DEFINE_string("device", "tpu-v3", f"One of: {', '.join(devices.names())}.")
 flags.DEFINE_integer("num_replicas", None, "Replicas (TPU v3: cores; others: chips/GPUs).")
 flags.DEFINE_integer("num_cores", None, "Alias of --num_replicas (the paper counts v3 cores).")
-flags.DEFINE_float("utilization", timing.DEFAULT_UTILIZATION,
-                   "Fraction of the peak rate a step achieves.")
+flags.DEFINE_float("utilization", None,
+                   "Fraction of the roofline (peak compute and bandwidth) a step achieves, "
+                   "in (0, 1]; default: accelerators "
+                   f"{timing.DEFAULT_UTILIZATION}, --device=cpu {timing.CPU_UTILIZATION} "
+                   "(its rates are measured).")
 flags.DEFINE_float("reserve", memory.RESERVE, "Fraction of device memory kept free.")
-flags.DEFINE_bool("measure_cpu", False, "Measure this CPU's float32 matmul rate for "
-                  "--device=cpu (else the rate recorded in docs/tpu.md).")
+flags.DEFINE_bool("measure_cpu", False, "Measure this CPU's rates (matmul, depthwise, "
+                  "bandwidth, per-op overhead; ~15 s) for --device=cpu (else the rates "
+                  "recorded in nst/sizing/devices.py).")
 flags.DEFINE_bool("markdown", False, "Print the docs/tpu.md tables.")
 flags.DEFINE_bool("check", False, "Compare the estimates with measured steps on this CPU.")
 flags.DEFINE_bool("json", False, "Print JSON.")
@@ -80,7 +84,7 @@ def describe(e: estimate_lib.Estimate) -> str:
         f"  step {e.step_bytes / GIB:.2f} GiB of {e.memory_bytes / GIB:.1f} GiB; largest "
         f"labeled batch per replica {e.largest_batch}",
         f"  step {e.step_flops / 1e12:.2f} TFLOP/replica, {e.step_seconds:.3f} s at "
-        f"{e.utilization:.0%}; {e.steps} steps = {e.days:.2f} days"]
+        f"{e.utilization:.0%} ({_parts(e.step_parts)}); {e.steps} steps = {e.days:.2f} days"]
     if not e.fits:
         lines.append(f"  DOES NOT FIT: B={e.labeled} per replica needs "
                      f"{e.step_bytes / GIB:.2f} GiB; the largest that fits is "
@@ -88,21 +92,42 @@ def describe(e: estimate_lib.Estimate) -> str:
     return "\n".join(lines)
 
 
+def _parts(parts: dict) -> str:
+    return ", ".join(f"{k} {parts[k]:.3f}" for k in
+                     ("forward", "backward", "update", "teacher", "overhead") if parts[k])
+
+
+def utilization_flag(device_name: str) -> float:
+    """--utilization, or the device's default; checked before any model is built."""
+    if FLAGS.utilization is None:
+        return timing.default_utilization(device_name)
+    return timing.check_utilization(FLAGS.utilization)
+
+
 def run_estimates():
-    cpu = devices.measure_cpu_gflops() if FLAGS.measure_cpu else None
     devices.get(FLAGS.device)  # an unknown device fails before any model is built
+    utilization = utilization_flag(FLAGS.device)
     n = _replicas()
-    results = [estimate_lib.estimate(job, FLAGS.device, n, FLAGS.utilization, cpu,
-                                     FLAGS.reserve) for job in jobs_from_flags()]
+    jobs = jobs_from_flags()
+    cpu = None
+    if FLAGS.measure_cpu:
+        from nst.sizing import cpu_rates
+        cpu = cpu_rates.measure()
+    results = [estimate_lib.estimate(job, FLAGS.device, n, utilization, cpu,
+                                     FLAGS.reserve) for job in jobs]
     if FLAGS.json:
         print(json.dumps([dict(vars(e), days=e.days) for e in results], indent=1))
     else:
         if cpu:
-            print(f"this CPU: {cpu:.0f} GFLOP/s float32 matmul")
+            print(f"this CPU: {cpu['matmul_gflops']:.0f} GFLOP/s matmul, depthwise "
+                  f"{cpu['depthwise_gflops']:.1f} / {cpu['depthwise_backward_gflops']:.1f} "
+                  f"GFLOP/s forward / backward, {cpu['op_overhead_us']:.1f} us per op, "
+                  "bandwidth " + ", ".join(f"{b / 2 ** 20:g} MiB {g:.1f} GB/s"
+                                           for b, g in cpu["bandwidth"]))
         print("\n".join(describe(e) for e in results))
         total = sum(e.days for e in results)
         if len(results) > 1:
-            print(f"whole recipe: {total:.2f} days at {FLAGS.utilization:.0%} utilisation")
+            print(f"whole recipe: {total:.2f} days at {utilization:.0%} utilisation")
     return results
 
 
@@ -111,7 +136,8 @@ def main(argv):
         raise app.UsageError(f"Unknown arguments: {argv[1:]}")
     from nst.sizing import report
     if FLAGS.markdown:
-        print(report.markdown(FLAGS.utilization))
+        u = timing.DEFAULT_UTILIZATION if FLAGS.utilization is None else FLAGS.utilization
+        print(report.markdown(timing.check_utilization(u)))
     elif FLAGS.check:
         print(report.check())
     else:
