@@ -4,11 +4,8 @@ CE/mCE and FGSM on hand-computed numbers, an end-to-end run on a tiny digits mod
 restriction on mocked TFDS data."""
 
 import dataclasses
-import importlib
 import json
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ from nst.data.sources.digits import make_digits_dataset
 from nst.models import saving
 from nst.models.efficientnet import build_model
 from nst.robustness import imagenet_a, metrics
+from nst.robustness import inputs as robustness_inputs
 from nst.train import evaluate as eval_lib
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
@@ -30,40 +28,10 @@ TWO_CPUS = ["/cpu:0", "/cpu:1"]
 # --------------------------------------------------------------------------- fixtures
 
 
-def _stand_in():
-    """A minimal corruptions module with the agreed API, used only until the real one
-    exists: brightness-like shifts, deterministic in the seed."""
-    module = types.ModuleType("nst.robustness.corruptions")
-    module.CORRUPTIONS = ("gaussian_noise", "brightness")
-    module.SEVERITIES = (1, 2, 3, 4, 5)
-
-    def check(names, severities):
-        bad = [n for n in names if n not in module.CORRUPTIONS]
-        if bad:
-            raise ValueError(f"unknown corruptions {bad}")
-        if any(s not in module.SEVERITIES for s in severities):
-            raise ValueError(f"severities must be in 1-5, got {list(severities)}")
-
-    def corrupt(images, name, severity, seed, indices=None):
-        rng = np.random.RandomState(seed)
-        shift = 30 * severity if name == "brightness" else rng.normal(0, 20 * severity,
-                                                                      images.shape)
-        return np.clip(images.astype(np.float64) + shift, 0, 255).astype(np.uint8)
-
-    module.check, module.corrupt = check, corrupt
-    return module
-
-
 @pytest.fixture
-def corruptions(monkeypatch):
-    try:
-        return importlib.import_module("nst.robustness.corruptions")
-    except ImportError:
-        module = _stand_in()
-        monkeypatch.setitem(sys.modules, "nst.robustness.corruptions", module)
-        import nst.robustness
-        monkeypatch.setattr(nst.robustness, "corruptions", module, raising=False)
-        return module
+def corruptions():
+    from nst.robustness import corruptions as module
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -317,9 +285,8 @@ def test_imagenet_a_through_tfds_mock_data(corruptions, tmp_path):
     settings = er.Settings(tfds_name="imagenet_a", split="test", corruptions=(),
                            fgsm_epsilons=(4.0,), output=str(tmp_path / "a.json"))
     with tfds.testing.mock_data(num_examples=6):
-        builder, num_classes = er._inputs(settings, _config(model_dir))[0], None
-        info_builder, classes = __import__("nst.robustness.inputs", fromlist=["x"]).tfds_info(
-            "imagenet_a", None)
+        builder = er._inputs(settings, _config(model_dir))[0]
+        _, classes = robustness_inputs.tfds_info("imagenet_a", None)
         assert classes == 1000  # labels in ImageNet-2012's 1000-class space
         labels = np.concatenate([b["label"].numpy() for b in builder(
             ip.ViewConfig(image_size=32))])
