@@ -22,7 +22,8 @@ PAPER_L2_DAYS = 6.0
 
 def _models_table(utilization):
     lines = [f"Per replica, bfloat16, supervised (U = 0); memory and step time at "
-             f"B = {TABLE_BATCH} per replica, {utilization:.0%} of peak.", "",
+             f"B = {TABLE_BATCH} per replica, {utilization:.0%} of the roofline "
+             "(nst/sizing/timing.py).", "",
              "| model | px | device | fixed GiB | act. MiB/img | GiB at B=32 | largest B | "
              "step s at B=32 | images/s |", "|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
@@ -38,7 +39,7 @@ def _models_table(utilization):
 
 
 def _recipes_table(utilization):
-    lines = [f"Days per stage at {utilization:.0%} of peak (B, U per replica from the "
+    lines = [f"Days per stage at {utilization:.0%} of the roofline (B, U per replica from the "
              "recipe's batch and unlabel_ratio; `fits` compares B with the largest B).", "",
              "| recipe | device x replicas | stage | model | px | B + U | GiB/replica | "
              "largest B | s/step | days |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -43,9 +43,10 @@ from typing import Optional, Tuple
 from nst.sizing import devices, graph
 
 # The utilisation of the roofline that reconciles the paper's ~6 days per
-# EfficientNet-L2 iteration on 2048 TPU v3 cores with the L2 recipe
-# (report.l2_reconciliation; docs/tpu.md, "Checked against this CPU and the paper").
-DEFAULT_UTILIZATION = 0.10
+# EfficientNet-L2 iteration on 2048 TPU v3 cores with the L2 recipe: 1.96 days at
+# 100 %, so 33 % (report.l2_reconciliation; docs/tpu.md, "Checked against this CPU
+# and the paper").
+DEFAULT_UTILIZATION = 0.33
 CPU_UTILIZATION = 1.0
 
 # Backward / forward ratios of the traced gradient graphs (tests/test_size_run.py
