@@ -50,8 +50,9 @@ setup(
         # would make pip install a second, CPU-only TensorFlow over it.
         "tpu": [],
         "beam": BEAM,
-        # The Beam extra too, so that the Beam pipeline's tests run in CI.
-        "test": [TENSORFLOW, "pytest>=8"] + BEAM,
+        # The Beam extra too, so that the Beam pipeline's tests run in CI; pytest-xdist
+        # runs the suite in two processes (pytest.ini).
+        "test": [TENSORFLOW, "pytest>=8", "pytest-xdist>=3.5"] + BEAM,
     },
     entry_points={
         "console_scripts": [
