@@ -162,6 +162,12 @@ def test_finished_runs_are_archived_and_taken_from_the_archive_on_another_machin
         # and leaves their archive entries, date and commit included, as they were.
         stored = {n: (store / n).read_text() for n in os.listdir(store)}
         monkeypatch.setattr(tool, "_commit", lambda: "another-commit")
+        newer = fake_pipeline
+
+        def fake_pipeline_with_more_settings(*args, **kwargs):
+            return dict(newer(*args, **kwargs), config={"a_new_setting": 1})
+
+        monkeypatch.setattr(tool, "_pipeline", fake_pipeline_with_more_settings)
         tool.main([])
         assert {n: (store / n).read_text() for n in os.listdir(store)} == stored
 

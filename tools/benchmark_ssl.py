@@ -167,9 +167,15 @@ def _run(seed, name: str, params: List[str]) -> Dict:
         return entry
     results = _pipeline(run_dir, int(seed), params,
                         os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_{name}.log"))
-    if entry is not None and entry["results"] == results:
+    if entry is not None and _measured(entry["results"]) == _measured(results):
         return entry  # finished earlier: its date, commit and time stay those of that run
     return archive(seed, name, run_dir, results)
+
+
+def _measured(results: Dict) -> Dict:
+    """A run's results without its settings listing ("config", which grows when the
+    pipeline gains a setting) and plot paths: what decides whether it is the same run."""
+    return {k: v for k, v in results.items() if k not in ("config", "plots")}
 
 
 def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str,
