@@ -118,6 +118,9 @@ def run_estimates():
     if FLAGS.json:
         print(json.dumps([dict(vars(e), days=e.days) for e in results], indent=1))
     else:
+        if FLAGS.device == "cpu" and not cpu:
+            print(f"this CPU: the rates of nst/sizing/devices.py CPU_RECORDED "
+                  f"({devices.CPU_RECORDED['recorded']}); --measure_cpu measures them")
         if cpu:
             print(f"this CPU: {cpu['matmul_gflops']:.0f} GFLOP/s matmul, depthwise "
                   f"{cpu['depthwise_gflops']:.1f} / {cpu['depthwise_backward_gflops']:.1f} "
