@@ -186,16 +186,21 @@ def _pipeline(run_dir: str, seed: int, params: List[str], log_path: str,
     command += [f"--gin_param={p}" for p in params]
     if FLAGS.quick:
         command.append("--quick")
+    _logged_run(command, log_path, f"{run_dir}: nst-pipeline")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def _logged_run(command: List[str], log_path: str, what: str):
+    """Runs `command` with its output appended to `log_path`; RuntimeError naming `what`
+    and the log if it fails."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
-        raise RuntimeError(f"{run_dir}: nst-pipeline failed (exit {done.returncode}); "
-                           f"see {log_path}")
-    with open(os.path.join(run_dir, "results.json")) as f:
-        return json.load(f)
+        raise RuntimeError(f"{what} failed (exit {done.returncode}); see {log_path}")
 
 
 def _recipe() -> str:
@@ -330,15 +335,9 @@ def measure_robustness(seed, ablations: List[str]) -> Dict[str, Dict]:
                    f"--data_dir={data_dir}", "--split=test", f"--output={output}",
                    *settings] + ([] if label == "teacher" else
                                  [f"--baseline_results={teacher_json}"])
-        log_path = os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_robustness.log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        with open(log_path, "a") as log:
-            log.write(f"\n$ {' '.join(command)}\n")
-            log.flush()
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode:
-            raise RuntimeError(f"{label} of seed {seed}: nst-eval-robustness failed "
-                               f"(exit {done.returncode}); see {log_path}")
+        _logged_run(command, os.path.join(FLAGS.work_dir, "logs",
+                                          f"seed_{seed}_robustness.log"),
+                    f"{label} of seed {seed}: nst-eval-robustness")
         with open(output) as f:
             measured[label] = {"settings": settings,
                                "summary": eval_robustness.summary(json.load(f))}

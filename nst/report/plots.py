@@ -58,15 +58,22 @@ def plot_accuracy(stages: List[Mapping], baselines: List[Mapping], path: str) ->
     for label, marker, it, value in extra:
         iterations.add(it)
         ax.plot([it], [value], marker, markersize=9, linestyle="none", label=label)
-    ax.set_xticks(sorted(iterations))
-    ax.set_xticklabels(["teacher" if i == 0 else str(i) for i in sorted(iterations)])
-    ax.set_xlabel("iteration (0 = teacher)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy per iteration")
+    _finish_line_plot(fig, ax, path, sorted(iterations), "teacher",
+                      "iteration (0 = teacher)", "top-1 accuracy (%)", "Accuracy per iteration")
+    return True
+
+
+def _finish_line_plot(fig, ax, path: str, ticks, zero_label: str, xlabel: str,
+                      ylabel: str, title: str):
+    """Integer x ticks (0 shown as `zero_label`), labels, grid, legend; writes the PNG."""
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([zero_label if t == 0 else str(t) for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     _save_figure(fig, path)
-    return True
 
 
 def plot_confidence(summary: Mapping, path: str, title: str = ""):
@@ -169,12 +176,7 @@ def plot_robustness(entries: List[Mapping], path: str) -> bool:
         xs, ys = zip(*points)
         severities.update(xs)
         ax.plot(xs, ys, "o-", label=label)
-    ax.set_xticks(sorted(severities))
-    ax.set_xticklabels(["clean" if s == 0 else str(s) for s in sorted(severities)])
-    ax.set_xlabel("corruption severity (mean over corruptions)")
-    ax.set_ylabel("top-1 error (%)")
-    ax.set_title("Error under corruptions")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    _save_figure(fig, path)
+    _finish_line_plot(fig, ax, path, sorted(severities), "clean",
+                      "corruption severity (mean over corruptions)", "top-1 error (%)",
+                      "Error under corruptions")
     return True
