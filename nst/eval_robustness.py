@@ -87,6 +87,15 @@ def parse_names(text: str) -> Tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def corruption_names(text: str) -> Tuple[str, ...]:
+    """A comma list of corruptions; "" = all of `corruptions.CORRUPTIONS`, "none" = none."""
+    from nst.robustness import corruptions
+    names = parse_names(text)
+    if not names:
+        return tuple(corruptions.CORRUPTIONS)
+    return () if names == ("none",) else names
+
+
 def epsilon_key(epsilon: float) -> str:
     return f"{epsilon:g}"
 
@@ -371,14 +380,9 @@ def define_flags():
 
 
 def settings_from_flags(config) -> Settings:
-    from nst.robustness import corruptions
-    names = parse_names(FLAGS.corruptions)
-    if not names:
-        names = tuple(corruptions.CORRUPTIONS)
-    elif names == ("none",):
-        names = ()
     return Settings(data_dir=FLAGS.data_dir, split=FLAGS.split, tfds_name=FLAGS.tfds_name,
-                    tfds_data_dir=FLAGS.tfds_data_dir, corruptions=names,
+                    tfds_data_dir=FLAGS.tfds_data_dir,
+                    corruptions=corruption_names(FLAGS.corruptions),
                     severities=parse_severities(FLAGS.severities),
                     fgsm_epsilons=parse_floats(FLAGS.fgsm_epsilons, "--fgsm_epsilons"),
                     baseline_results=FLAGS.baseline_results, output=FLAGS.output,

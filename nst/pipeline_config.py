@@ -381,9 +381,7 @@ def robustness_settings(pipeline: PipelineConfig) -> eval_robustness.Settings:
     from nst.robustness import corruptions
     field = "PipelineConfig.robustness_"
     try:
-        names = eval_robustness.parse_names(pipeline.robustness_corruptions)
-        names = (tuple(corruptions.CORRUPTIONS) if not names
-                 else () if names == ("none",) else names)
+        names = eval_robustness.corruption_names(pipeline.robustness_corruptions)
         corruptions.check(names, ())
     except ValueError as e:
         raise ValueError(f"{field}corruptions={pipeline.robustness_corruptions!r}: {e}") \
