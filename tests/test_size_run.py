@@ -355,3 +355,27 @@ def test_cli_bad_input_is_one_line_naming_the_flag(args, flag):
     assert out.returncode == 1
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and flag in errors[0], out.stderr
+
+
+def test_peak_rss_is_the_child_s_own_not_the_parent_s():
+    """The check's children must not report the large parent's high-water mark."""
+    from nst.sizing import measure
+    # Importing nst (TensorFlow) makes a child of ~0.7 GiB; the parent is made
+    # twice that. Zero pages are not resident until written.
+    ballast = bytearray(1500 * 2 ** 20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    assert measure.peak_rss() > 1500 * 2 ** 20
+    out = subprocess.run(
+        [sys.executable, "-c", "from nst.sizing.measure import peak_rss; print(peak_rss())"],
+        capture_output=True, text=True, check=True)
+    child_peak = int(out.stdout.split()[-1])
+    del ballast
+    assert child_peak < 1100 * 2 ** 20, child_peak
+
+
+def test_check_refuses_batches_whose_peaks_do_not_differ(monkeypatch):
+    from nst.sizing import measure
+    monkeypatch.setattr(measure, "run_child", lambda *a, **k: {
+        "peak_rss": 2 ** 30, "step_seconds": 0.1, "all_step_seconds": [0.1]})
+    with pytest.raises(RuntimeError, match="batch 80.*not above batch 16"):
+        measure.check_case("efficientnet-b0", 32, True, (16, 80), 1, cpu_rates=None)

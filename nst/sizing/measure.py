@@ -3,7 +3,7 @@
 A fresh process per batch size runs the work of one training step as
 nst/train/loop.py does it — forward, loss with the L2 term, gradients,
 TF1RMSProp update, EMA update — in one tf.function, and reports its RSS
-high-water mark (`resource.getrusage`) and step times.
+high-water mark (`VmHWM`) and step times.
 
 Activation memory: TensorFlow's `get_memory_info('CPU:0')` reports 0 on CPU,
 and tracemalloc does not see TensorFlow's allocator, so the peak RSS is used.
@@ -35,9 +35,23 @@ def _build(name, size, small):
     return build_model(name, 1000, image_size=size)[0]
 
 
+def peak_rss() -> int:
+    """This process's RSS high-water mark in bytes (Linux `VmHWM`).
+
+    Not `getrusage().ru_maxrss`: Linux carries the parent's high-water mark
+    across fork and exec into it, so a child started by a large parent (the
+    check, after measuring the CPU's rates) reports the parent's peak.
+    `VmHWM` belongs to the address space exec made.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: the memory check needs Linux")
+
+
 def child(name, size, small, batch, steps):
     """Runs in a fresh process: peak RSS after one step, and step times."""
-    import resource
     importlib.import_module("nst")  # selects the Keras backend
     import tensorflow as tf
     from nst.train import objective
@@ -63,7 +77,7 @@ def child(name, size, small, batch, steps):
         return loss
 
     step().numpy()  # traces, then runs once: the peak of a real step
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -97,6 +111,13 @@ def check_case(name, size, small, batches, steps, cpu_rates):
     low, high = (run_child(name, size, small, b, steps if b == batches[1] else 0)
                  for b in batches)
     measured_row = (high["peak_rss"] - low["peak_rss"]) / (batches[1] - batches[0])
+    if measured_row <= 0:
+        # The high-water mark was set outside the step (tracing, model building) in
+        # both processes, so the batches are too close to show the step's memory.
+        raise RuntimeError(
+            f"{name} at {size} px: the peak RSS of batch {batches[1]} "
+            f"({high['peak_rss'] / 2 ** 20:.0f} MiB) is not above batch {batches[0]}'s "
+            f"({low['peak_rss'] / 2 ** 20:.0f} MiB); use batches further apart")
     est = estimate_case(name, size, small, batches[1], cpu_rates)
     estimate_s = est["step"]["total"]
     return {"model": name + (" (digits, w=d=0.25)" if small else ""), "image_size": size,

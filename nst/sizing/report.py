@@ -96,9 +96,10 @@ def markdown(utilization=timing.DEFAULT_UTILIZATION) -> str:
 
 
 # (model, px, small digits variant, the two batch sizes, timed steps at the larger).
-# B0 at 224 with batches 2 and 6 keeps the whole check to a few minutes.
+# B0 at 224 with batches 2 and 10 keeps the whole check to a few minutes; the gap
+# must be wide enough that the step, not tracing, sets the larger batch's peak.
 CASES = [("efficientnet-b0", 32, True, (16, 80), 5),
-         ("efficientnet-b0", 224, False, (2, 6), 3)]
+         ("efficientnet-b0", 224, False, (2, 10), 3)]
 
 
 def _load():
