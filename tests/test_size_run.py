@@ -312,9 +312,24 @@ def test_cpu_rates_arithmetic_on_a_fake_clock(monkeypatch):
     assert r["depthwise_gflops"] == pytest.approx(dw_flops / 0.01 / 1e9)
     assert r["depthwise_backward_gflops"] == pytest.approx(2 * dw_flops / 0.02 / 1e9)
     assert r["matmul_gflops"] == pytest.approx(2 * 64 ** 3 / 0.016 / 1e9)
-    # 16 products per call: 1 ms each, less the 1 us overhead, moving 8 n bytes.
-    assert r["bandwidth"][0] == pytest.approx((8.0 * 2 ** 10, 8.0 * 2 ** 10 / 0.999e-3 / 1e9))
+    # 256 products per call (the cap: 256 MiB would take 32 Ki of them at 1 Ki floats):
+    # 62.5 us each, less the 1 us overhead, each reading two and writing one n-float tensor.
+    per_op = 0.016 / cpu_rates.MAX_PRODUCTS - 1e-6
+    assert r["bandwidth"][0] == pytest.approx((12.0 * 2 ** 10, 12.0 * 2 ** 10 / per_op / 1e9))
     timing.device_rates(devices.get("cpu", r), "float32")  # a usable CPU row
+
+
+def test_bandwidth_products_read_a_working_set_no_cache_holds():
+    mib = 2 ** 20
+    # Inputs and outputs of one call: 8 bytes per element and product (a new input, an output).
+    assert cpu_rates.products_per_call(2 ** 25, 256 * mib) == cpu_rates.MIN_PRODUCTS
+    assert cpu_rates.products_per_call(2 ** 20, 256 * mib) == 32  # 32 x 8 MiB = 256 MiB
+    assert cpu_rates.products_per_call(2 ** 20, 256 * mib + 1) == 33
+    assert cpu_rates.products_per_call(2 ** 10, 256 * mib) == cpu_rates.MAX_PRODUCTS
+    out = cpu_rates._cold_products(4, 3)()
+    assert len(out) == 3 and all(o.shape == (4,) for o in out)
+    # Distinct inputs: no two products are the same tensor.
+    assert len({tuple(o.numpy()) for o in out}) == 3
 
 
 def test_bandwidth_for_every_device():

@@ -5,10 +5,10 @@
   matmul_gflops              a 2048 x 2048 float32 matmul
   depthwise_gflops           a 3x3 depthwise convolution, [32, 28, 28, 96] float32
   depthwise_backward_gflops  its input and filter gradients (2 x its FLOPs)
-  bandwidth                  ((bytes one op reads + writes, GB/s), ...): a chain of
-                             element-wise products on tensors of 32 Ki to 32 Mi
-                             elements, less the per-op overhead; the caches make the
-                             small sizes faster, so one figure would not do
+  bandwidth                  ((bytes one op reads + writes, GB/s), ...): products of
+                             two distinct tensors of 32 Ki to 32 Mi elements, each
+                             pair read once per call from a working set larger than
+                             the last-level cache, less the per-op overhead
   op_overhead_us             one product of a one-element tensor in a chain of them
 Everything runs inside tf.function, as a training step does, with all threads.
 Each figure repeats its work for about `seconds` after one warm-up call.
@@ -20,8 +20,14 @@ import time
 
 DEPTHWISE_SHAPE = (32, 28, 28, 96)
 BANDWIDTH_ELEMENTS = tuple(2 ** k for k in range(15, 26, 2))  # 32 Ki .. 32 Mi
-CHAIN = 16          # element-wise ops per call of the bandwidth chain
 OVERHEAD_CHAIN = 256
+# The bandwidth's working set: in a training step every activation is written once and
+# read again only after the rest of the layer's tensors have passed through the caches,
+# so the products read tensors that are not in any cache. A chain that multiplies one
+# tensor again and again keeps it in L2 and measured 5-10x the rate of the model's ops
+# (docs/tpu.md, "Checked against this CPU and the paper").
+COLD_BYTES = 256 * 2 ** 20
+MIN_PRODUCTS, MAX_PRODUCTS = 8, 256
 
 
 # The clock of every measurement; tests replace it to check the arithmetic untimed.
@@ -97,12 +103,32 @@ def op_overhead_us(seconds: float = 1.0) -> float:
     return seconds_per_call(_chain(1, OVERHEAD_CHAIN), seconds) / OVERHEAD_CHAIN * 1e6
 
 
-def bandwidth(overhead_us: float, sizes=BANDWIDTH_ELEMENTS, seconds: float = 0.5):
-    """((bytes per op, GB/s), ...): each product reads and writes n float32s."""
+def _cold_products(n: int, count: int):
+    """A tf.function computing `count` products x_k * x_(k+1) of distinct n-float tensors."""
+    import tensorflow as tf
+    xs = [tf.random.uniform([n]) for _ in range(count + 1)]
+
+    @tf.function
+    def run():
+        return [xs[k] * xs[k + 1] for k in range(count)]
+
+    return run
+
+
+def products_per_call(n: int, budget_bytes: int = COLD_BYTES) -> int:
+    """Products per call so that their inputs and outputs exceed `budget_bytes`."""
+    return min(MAX_PRODUCTS, max(MIN_PRODUCTS, -(-budget_bytes // (8 * n))))
+
+
+def bandwidth(overhead_us: float, sizes=BANDWIDTH_ELEMENTS, seconds: float = 0.5,
+              budget_bytes: int = COLD_BYTES):
+    """((bytes per op, GB/s), ...): each product reads two and writes one n-float tensor."""
     points = []
     for n in sizes:
-        per_op = seconds_per_call(_chain(n, CHAIN), seconds) / CHAIN
-        moved = 8.0 * n
+        count = products_per_call(n, budget_bytes)
+        run = _cold_products(n, count)
+        per_op = seconds_per_call(lambda: run(), seconds) / count
+        moved = 12.0 * n
         points.append((moved, moved / max(per_op - overhead_us * 1e-6, 0.5 * per_op) / 1e9))
     return tuple(points)
 

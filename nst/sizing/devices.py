@@ -84,14 +84,14 @@ DEVICES = {
 # --measure_cpu`), its memory is the machine's RAM. Without a measurement the rates
 # recorded here (and in docs/tpu.md) are used.
 CPU_RECORDED = dict(
-    matmul_gflops=111.0,             # float32 2048 x 2048 matmul
-    depthwise_gflops=6.8,            # 3x3 depthwise conv forward
-    depthwise_backward_gflops=13.5,  # its input and filter gradients
-    # (bytes read + written by one element-wise op, GB/s it reaches)
-    bandwidth=((2 ** 18, 2.5), (2 ** 20, 9.3), (2 ** 22, 49.1), (2 ** 24, 54.2),
-               (2 ** 26, 79.9), (2 ** 28, 109.6)),
-    op_overhead_us=5.9,              # one tiny op in a tf.function
-    recorded="measured 2026-12-03 11:10 by nst-size-run --check, load average 0.5")
+    matmul_gflops=212.0,             # float32 2048 x 2048 matmul
+    depthwise_gflops=30.6,           # 3x3 depthwise conv forward
+    depthwise_backward_gflops=70.4,  # its input and filter gradients
+    # (bytes read + written by one element-wise product of tensors no cache holds, GB/s)
+    bandwidth=((3 * 2 ** 17, 26.3), (3 * 2 ** 19, 27.6), (3 * 2 ** 21, 37.8),
+               (3 * 2 ** 23, 43.5), (3 * 2 ** 25, 45.3), (3 * 2 ** 27, 34.7)),
+    op_overhead_us=1.0,              # one tiny op in a tf.function
+    recorded="measured 2026-12-04 18:41 by nst-size-run --check, load average 0.9")
 CPU_SOURCE = ("measured here (nst/sizing/cpu_rates.py: matmul, depthwise conv, element-wise "
               "bandwidth by tensor size, per-op overhead; nst-size-run --measure_cpu); "
               "memory: physical RAM")
