@@ -60,19 +60,3 @@ def write_fashion_idx(directory, train_per_class=30, test_per_class=4, gzipped=T
 def fashion_idx():
     """`write_fashion_idx` for tests in any folder."""
     return write_fashion_idx
-
-
-def _file_tree(directory):
-    """{relative path: bytes} of every file below `directory`."""
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
-    return out
-
-
-@pytest.fixture(scope="session")
-def file_tree():
-    """`file_tree(directory)` -> {relative path: bytes}, for byte-for-byte output checks."""
-    return _file_tree

@@ -2,7 +2,6 @@
 (`nst.main.run`), issue 14 items 3 and 5. In-process, so the tests stay fast; the
 binaries themselves are run by tools/bad_inputs.py (tests/test_bad_inputs.py)."""
 
-import os
 
 import pytest
 import tensorflow as tf
@@ -13,6 +12,7 @@ from nst import config as config_lib
 from nst import main
 from nst.data import readers
 from nst.settings_check import SettingError
+from nst.testing import file_tree
 
 
 def _call(main_fn, capsys, show_traceback=False):
@@ -106,7 +106,7 @@ def test_failed_start_leaves_no_new_model_dir(tmp_path):
     assert not model_dir.exists()
 
 
-def test_failed_start_leaves_existing_model_dir_as_it_was(tmp_path, file_tree):
+def test_failed_start_leaves_existing_model_dir_as_it_was(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "notes.txt").write_text("mine")

@@ -27,6 +27,7 @@ from nst.data.sources.digits import make_digits_dataset
 from nst.models import convert, saving
 from nst.train import evaluate as eval_lib
 from nst.train import loop
+from nst.testing import summary_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_KEYS = {"lab/acc", "lab/pred_prob", "lab/loss", "train/data_loss", "train/loss",
@@ -66,19 +67,6 @@ def tiny_config(model_dir, data_dir, **overrides):
 def read_results(model_dir):
     with open(os.path.join(model_dir, "eval_results.json")) as f:
         return json.load(f)
-
-
-def summary_scalars(directory):
-    """{tag: {step: value}} from the TF2 summary event files in `directory`."""
-    scalars = {}
-    for path in tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                number = (tf.make_ndarray(value.tensor) if value.HasField("tensor")
-                          else value.simple_value)
-                scalars.setdefault(value.tag, {})[event.step] = float(number)
-    return scalars
 
 
 def checkpoint_steps(model_dir):

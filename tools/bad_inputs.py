@@ -163,15 +163,8 @@ BY_NAME = {c.name: c for c in CASES}
 
 
 def _tree(path: str) -> Optional[Dict[str, bytes]]:
-    if not os.path.exists(path):
-        return None
-    out = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
-    return out
+    from nst import testing
+    return testing.file_tree(path) if os.path.exists(path) else None
 
 
 def _resolve(argv: List[str]) -> List[str]:

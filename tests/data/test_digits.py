@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from nst.data import readers, sources, writers
 from nst.data.sources import digits
+from nst.testing import file_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_SHARDS = {"train": 2, "dev": 1, "test": 2, "extra": 3}
@@ -30,16 +31,6 @@ def made(tmp_path_factory):
 def _read(pattern, record_format):
     dataset = readers.read_examples(pattern, record_format, digits.NUM_CLASSES)
     return list(dataset.as_numpy_iterator())
-
-
-def _file_bytes(directory):
-    contents = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                contents[os.path.relpath(path, directory)] = f.read()
-    return contents
 
 
 def test_convert_images_scales_resizes_and_replicates():
@@ -123,7 +114,7 @@ def test_deterministic_and_seed_dependent(made, tmp_path):
     out, _ = made
     again = str(tmp_path / "again")
     digits.make_digits_dataset(again, num_shards=SMALL_SHARDS)
-    assert _file_bytes(out) == _file_bytes(again)
+    assert file_tree(out) == file_tree(again)
     other = digits.split_indices(digits.load_raw_digits()[1], 10, 0.3, 0.1, seed=1)
     same = digits.split_indices(digits.load_raw_digits()[1], 10, 0.3, 0.1, seed=0)
     assert not np.array_equal(other["train"], same["train"])
@@ -132,7 +123,7 @@ def test_deterministic_and_seed_dependent(made, tmp_path):
 def test_rerun_skips_and_conflicts(tmp_path, monkeypatch):
     out = str(tmp_path / "d")
     info = digits.make_digits_dataset(out, num_shards=1)
-    before = _file_bytes(out)
+    before = file_tree(out)
     mtimes = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in before}
 
     def no_writes(*args, **kwargs):
@@ -145,7 +136,7 @@ def test_rerun_skips_and_conflicts(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="labels_per_class: 10 -> 5"):
         digits.make_digits_dataset(out, labels_per_class=5, num_shards=1)
-    assert _file_bytes(out) == before  # the refused run changed nothing
+    assert file_tree(out) == before  # the refused run changed nothing
 
     new = digits.make_digits_dataset(out, labels_per_class=5, num_shards=2, overwrite=True)
     assert new["splits"]["train"]["per_class"] == [5] * 10

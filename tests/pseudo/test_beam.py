@@ -20,6 +20,7 @@ from nst import cli_errors  # noqa: E402
 from nst.data import schema, writers  # noqa: E402
 from nst.pseudo import beam as beam_lib  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.testing import file_tree
 
 K = 5
 # In-process, one worker: fast and deterministic enough for a unit test (the outputs do
@@ -90,16 +91,6 @@ def _run_local(config):
     return filter_lib.finalize_stats(config)
 
 
-def _files(directory):
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = f.read()
-    return out
-
-
 def _records(path, canonical=False):
     """The records of a file, in order. `canonical`: re-encoded with sorted map keys, as
     protobuf's default encoding of an Example's feature map may order it differently in
@@ -114,7 +105,7 @@ def _records(path, canonical=False):
 def _assert_same_outputs(local_dir, beam_dir, canonical=False):
     """Same file names; per data file the same multiset of records; the same JSON files.
     `canonical`: the two runs were different processes (see `_records`)."""
-    local, beam = _files(local_dir), _files(beam_dir)
+    local, beam = file_tree(local_dir), file_tree(beam_dir)
     assert sorted(beam) == sorted(local)
     data = [name for name in local if name.startswith("data" + os.sep)]
     assert data
@@ -179,11 +170,11 @@ def test_beam_resumes_finished_shards_and_refuses_stale_thresholds(tmp_path):
     config = filter_lib.FilterConfig(input_dir=str(tmp_path / "in"),
                                      output_dir=str(tmp_path / "out"), num_shards=3, **SETTINGS)
     first = beam_lib.run_beam_filter(config, DIRECT)
-    before = _files(config.output_dir)
+    before = file_tree(config.output_dir)
     mtime = os.path.getmtime(config.data_path(1, 0))
     os.remove(config.stats_path(2, 0))  # as if killed before shard 2's stats were written
     assert beam_lib.run_beam_filter(config, DIRECT) == first
-    assert _files(config.output_dir) == before
+    assert file_tree(config.output_dir) == before
     assert os.path.getmtime(config.data_path(1, 0)) == mtime  # finished: not rewritten
     changed = filter_lib.FilterConfig(input_dir=str(tmp_path / "in"),
                                       output_dir=str(tmp_path / "out"), num_shards=3,

@@ -18,10 +18,9 @@ from absl import flags  # noqa: E402
 from nst import config as config_lib  # noqa: E402
 from nst import main  # noqa: E402
 from nst.data import schema, writers  # noqa: E402
-from nst.models import saving  # noqa: E402
-from nst.models.efficientnet import build_model  # noqa: E402
 from nst.pseudo import beam_predict  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
+from nst.testing import file_tree  # noqa: E402
 
 K = 10
 NUM_SHARDS = 3
@@ -48,15 +47,6 @@ def data_dir(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("teacher"))
-    model, _ = build_model("efficientnet-b0", K, width=0.25, depth=0.25, resolution=32,
-                           small_image=True, normalization="svhn")
-    saving.save_weights(model, path)
-    return path
-
-
 def _configs(data_dir, teacher_dir, root, **overrides):
     settings = dict(task_name="digits", mode="predict", label_data_dir=data_dir,
                     predict_ckpt_path=teacher_dir, output_dir=os.path.join(root, "pred"),
@@ -71,16 +61,6 @@ def _configs(data_dir, teacher_dir, root, **overrides):
                                 num_label_classes=K, num_image=3, min_threshold=0.05,
                                 seed=3, shuffle_buffer=4)
     return config, f
-
-
-def _tree(directory):
-    out = {}
-    for base, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, directory)] = fh.read()
-    return out
 
 
 def _records(path):
@@ -107,7 +87,7 @@ def test_beam_job_equals_local_predict_and_filter(data_dir, teacher_dir, local, 
     local_root, local_final = local
     config, f = _configs(data_dir, teacher_dir, str(tmp_path))
     assert beam_predict.run_pseudo_label_beam(config, f, workers) == local_final
-    want, got = _tree(local_root), _tree(str(tmp_path))
+    want, got = file_tree(local_root), file_tree(str(tmp_path))
     assert sorted(got) == sorted(want)
     records = [n for n in want if "extra-" in n or n.startswith(os.path.join("filtered", "data"))]
     assert len(records) == NUM_SHARDS + 2  # no data file for the empty shard
@@ -124,7 +104,7 @@ def test_beam_job_equals_local_predict_and_filter(data_dir, teacher_dir, local, 
         os.remove(f.stats_path(2, 0))
         os.remove(os.path.join(config.output_dir, "extra-00002-of-00003"))
         assert beam_predict.run_pseudo_label_beam(config, f, ONE) == local_final
-        assert _tree(str(tmp_path)) == got
+        assert file_tree(str(tmp_path)) == got
         assert os.path.getmtime(os.path.join(config.output_dir,
                                              "extra-00000-of-00003")) == mtime
 
@@ -216,8 +196,8 @@ def test_pipeline_stage_runs_the_job_and_a_finished_one_is_skipped(
     summary = pipeline.run_stage(stage, str(tmp_path))
     assert stage.is_done()
     assert summary["pseudo_labels"]["total_after"] == local_final["total_cnt"]
-    got = _tree(f.output_dir)
-    want = _tree(os.path.join(local_root, "filtered"))
+    got = file_tree(f.output_dir)
+    want = file_tree(os.path.join(local_root, "filtered"))
     assert sorted(got) == sorted(list(want) + ["stage_done.json"])
     assert got[os.path.join("stats", "final_stats.json")] == \
         want[os.path.join("stats", "final_stats.json")]

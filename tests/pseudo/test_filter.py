@@ -23,6 +23,7 @@ from nst.pseudo import join as join_lib
 from nst.pseudo import layout as layout_lib
 from nst.pseudo import parsers
 from nst.pseudo import select as select_lib
+from nst.testing import file_tree
 
 K = 3
 
@@ -631,7 +632,7 @@ def test_reduce_select_and_finalize_fail_fast_naming_missing_files(tmp_path):
         filter_lib.select_shard(config, 0, 1)
 
 
-def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch, file_tree):
+def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch):
     _write_pseudo(tmp_path / "in", _examples(SPEC), 2)
     reference = _config(tmp_path, "reference", num_shards=2, num_image=60, min_threshold=0.3,
                         shuffle_buffer=16)
@@ -674,8 +675,7 @@ def test_interrupted_select_reruns_to_identical_output(tmp_path, monkeypatch, fi
     assert os.path.getmtime(config.data_path(0, 0)) == mtime
 
 
-def test_reruns_remove_the_stale_temporaries_of_their_own_outputs_only(tmp_path,
-                                                                       file_tree):
+def test_reruns_remove_the_stale_temporaries_of_their_own_outputs_only(tmp_path):
     """A killed writer's hidden temporary (`fileio.temporary_path`) of a filter output is
     deleted by the next run that writes that output; any other file stays: another
     output's temporary (until its own job runs), names that are not exactly
@@ -731,7 +731,7 @@ def _write_shard_files(directory, shards, prefix="train"):
                               records)
 
 
-def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path, file_tree):
+def test_multi_shard_jobs_equal_one_job_per_shard(tmp_path):
     examples = _examples(SPEC)
     # Shard 1 stores no ids (derived from file and index), shard 2 is empty.
     records = [schema.encode_pseudo_labeled(e.image, e.probs, true_label=e.true_label,
@@ -855,7 +855,7 @@ def test_output_records_are_the_encoded_selection_whatever_the_input_bytes(tmp_p
 
 
 @pytest.mark.slow
-def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path, file_tree):
+def test_select_job_killed_mid_write_reruns_to_identical_output(tmp_path):
     """A real `nst.filter_unlabel --only_get_stats=0` process SIGKILLed while it writes
     its data file publishes nothing; the rerun deletes the killed process's hidden
     temporary and writes exactly an uninterrupted run's files."""

@@ -2,7 +2,6 @@
 are generated from its FilterConfig: both round-trip through the binaries' parsers."""
 
 import dataclasses
-import os
 import shlex
 
 import numpy as np
@@ -15,6 +14,7 @@ from nst.data import schema, writers
 from nst import pipeline_config as pc
 from nst.pseudo import filter as filter_lib
 from nst.pseudo import filter_config
+from nst.testing import file_tree
 
 BINARY_ONLY = {"shard_id", "task", "only_get_stats"}  # flags that are no FilterConfig field
 
@@ -170,7 +170,7 @@ def _steps_one_by_one(config):
     return filter_lib.finalize_stats(config)
 
 
-def test_run_all_and_the_pipeline_stage_write_the_step_by_step_files(tmp_path, file_tree):
+def test_run_all_and_the_pipeline_stage_write_the_step_by_step_files(tmp_path):
     _write_inputs(tmp_path / "in", 3)
     settings = dict(num_shards=3, num_image=60, min_threshold=0.3)
     reference = _config(tmp_path, "reference", **settings)

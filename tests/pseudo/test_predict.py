@@ -21,7 +21,6 @@ from nst import config as config_lib
 from nst import main
 from nst.data import preprocess, readers, schema, writers
 from nst.models import saving
-from nst.models.efficientnet import build_model
 from nst.pseudo import filter as filter_lib
 from nst.pseudo import predict
 
@@ -56,15 +55,6 @@ def data_dir(tmp_path_factory):
         writers.write_records(str(path / writers.shard_name("extra", shard, NUM_SHARDS)),
                               _records(shard, rng))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("teacher"))
-    model, _ = build_model("efficientnet-b0", K, width=0.25, depth=0.25, resolution=32,
-                           small_image=True, normalization="svhn")
-    saving.save_weights(model, path)
-    return path
 
 
 def _config(data_dir, teacher_dir, output_dir, **overrides):

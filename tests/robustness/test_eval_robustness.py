@@ -17,10 +17,10 @@ from nst import eval_robustness as er
 from nst.data import input_pipeline as ip
 from nst.data.sources.digits import make_digits_dataset
 from nst.models import saving
-from nst.models.efficientnet import build_model
 from nst.robustness import imagenet_a, metrics
 from nst.robustness import inputs as robustness_inputs
 from nst.train import evaluate as eval_lib
+from nst.testing import save_tiny_model
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
 
@@ -42,17 +42,10 @@ def digits_dir(tmp_path_factory):
     return str(path)
 
 
-def _save_model(directory, num_classes=10, small_image=True):
-    model, _ = build_model("efficientnet-b0", num_classes, width=0.25, depth=0.25,
-                           resolution=32, small_image=small_image, normalization="svhn")
-    saving.save_weights(model, str(directory))
-    return model
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_model")
-    _save_model(directory)
+    save_tiny_model(directory)
     return str(directory)
 
 
@@ -244,7 +237,7 @@ def test_baselines_of_other_data_or_missing_corruptions_are_refused(
 
 def test_a_checkpoint_of_another_class_count_is_refused(corruptions, digits_dir, tmp_path):
     other = tmp_path / "seven_classes"
-    _save_model(other, num_classes=7)
+    save_tiny_model(other, num_classes=7)
     settings = _settings(tmp_path, corruptions, data_dir=digits_dir)
     with pytest.raises(ValueError, match=r"--model_dir=.*7-class model but the data has 10"):
         er.run(settings, _config(other, digits_dir))
@@ -281,7 +274,7 @@ def test_imagenet_a_restricts_the_argmax_to_its_200_classes():
 def test_imagenet_a_through_tfds_mock_data(corruptions, tmp_path):
     model_dir = tmp_path / "thousand"
     # The ImageNet view (centre crop of any image size), not the 32x32 recipe's.
-    _save_model(model_dir, num_classes=1000, small_image=False)
+    save_tiny_model(model_dir, num_classes=1000, small_image=False)
     settings = er.Settings(tfds_name="imagenet_a", split="test", corruptions=(),
                            fgsm_epsilons=(4.0,), output=str(tmp_path / "a.json"))
     with tfds.testing.mock_data(num_examples=6):

@@ -11,21 +11,9 @@ from nst.models import saving
 from nst.models.efficientnet import build_model
 from nst.train.ema import ExponentialMovingAverage
 from nst.train.optimizer import TF1RMSProp
+from nst.testing import two_cpu_strategy
 
 IMAGE_SIZE = 32
-
-
-def two_cpu_strategy():
-    """MirroredStrategy over the two logical CPUs (tests/conftest.py).
-
-    Reduces through one device instead of collective ops: every
-    MirroredStrategy numbers its collectives from the same keys, so a
-    second strategy in the same process can clash with an earlier one's
-    collectives ("Shape mismatch in the collective instance 100",
-    tensorflow/tensorflow#62790).
-    """
-    return tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def tiny_model():

@@ -25,6 +25,7 @@ from nst.data.sources.digits import make_digits_dataset
 from nst.models import convert, saving
 from nst.models.efficientnet import build_model
 from nst.train import loop
+from nst.testing import summary_scalars
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -82,19 +83,6 @@ def checkpoint_steps(model_dir):
     if state is None:
         return []
     return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
-
-
-def summary_scalars(directory):
-    """{tag: {step: value}} from the TF2 summary event files in `directory`."""
-    scalars = {}
-    for path in tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                number = (tf.make_ndarray(value.tensor) if value.HasField("tensor")
-                          else value.simple_value)
-                scalars.setdefault(value.tag, {})[event.step] = float(number)
-    return scalars
 
 
 # --------------------------------------------------------------------------- a base run

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from nst.train.optimizer import TF1RMSProp
 from nst.train.schedule import NoisyStudentSchedule
+from nst.testing import two_cpu_strategy
 
 W0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
 GRADS = [np.array([[0.5, -0.1], [2.0, 0.0]], np.float32),
@@ -15,19 +16,6 @@ GRADS = [np.array([[0.5, -0.1], [2.0, 0.0]], np.float32),
          np.array([[-0.2, 0.0], [0.5, 5.0]], np.float32),
          np.array([[1.0, 1.0], [1.0, 1.0]], np.float32),
          np.array([[0.0, -3.0], [0.1, 0.2]], np.float32)]
-
-
-def two_cpu_strategy():
-    """MirroredStrategy over the two logical CPUs (tests/conftest.py).
-
-    Reduces through one device instead of collective ops: every
-    MirroredStrategy numbers its collectives from the same keys, so a
-    second strategy in the same process can clash with an earlier one's
-    collectives ("Shape mismatch in the collective instance 100",
-    tensorflow/tensorflow#62790).
-    """
-    return tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def np_tf1_rmsprop(w, grads, lr, rho=0.9, momentum=0.9, eps=1e-3):
