@@ -331,7 +331,7 @@ def run(settings: Settings, config: config_lib.ExperimentConfig, strategy=None) 
                 for c in settings.corruptions}
         ce = metrics.corruption_errors(errors, base)
         relative = metrics.relative_corruption_errors(errors, clean_error, base,
-                                                      baseline["clean"]["error"])
+                                                      baseline["clean"]["error"], count)
         results.update(ce=ce, mce=metrics.mean_defined(list(ce.values())),
                        relative_ce=relative,
                        relative_mce=metrics.mean_defined(list(relative.values())))

@@ -41,11 +41,23 @@ def corruption_errors(errors: Errors, baseline: Errors) -> Dict[str, Optional[fl
 
 
 def relative_corruption_errors(errors: Errors, clean: float, baseline: Errors,
-                               baseline_clean: float) -> Dict[str, Optional[float]]:
-    """Relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^base_{s,c} − E^base_clean)."""
-    return {c: _ratio(sum(e - clean for e in per_s.values()),
-                      sum(baseline[c][s] - baseline_clean for s in per_s))
-            for c, per_s in errors.items()}
+                               baseline_clean: float, num_examples: Optional[int] = None
+                               ) -> Dict[str, Optional[float]]:
+    """Relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^base_{s,c} − E^base_clean).
+
+    Undefined (None) for a corruption that does not hurt the baseline: the
+    ratio is only meaningful for a positive denominator. Errors measured on
+    `num_examples` images are multiples of 1 / num_examples, so a denominator
+    below half of that is zero up to rounding (a mild corruption that leaves a
+    99 %-accurate baseline's mistakes as they were would otherwise divide by
+    ~1e-17). Without `num_examples` only a denominator <= 0 is undefined.
+    """
+    min_drop = 0.5 / num_examples if num_examples else 0.0
+    out = {}
+    for c, per_s in errors.items():
+        drop = sum(baseline[c][s] - baseline_clean for s in per_s)
+        out[c] = (sum(e - clean for e in per_s.values()) / drop) if drop > min_drop else None
+    return out
 
 
 def mean_defined(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -84,6 +84,29 @@ def test_ce_and_mce_match_hand_computed_numbers():
     assert zero == {"a": None} and metrics.mean_defined([None, 0.5]) == 0.5
 
 
+def test_relative_ce_is_undefined_where_the_baseline_adds_no_errors():
+    n = 539
+    # The baseline's corrupted errors equal its clean ones (7 of 539 images) up to the
+    # rounding of the sums: 1e-17-sized denominators, not a ratio.
+    clean = 7 / n
+    base = {"mild": {1: 7 / n, 2: 8 / n, 3: 6 / n}, "hard": {1: 20 / n, 2: 30 / n, 3: 40 / n}}
+    ours = {"mild": {1: 4 / n, 2: 5 / n, 3: 5 / n}, "hard": {1: 10 / n, 2: 12 / n, 3: 20 / n}}
+    relative = metrics.relative_corruption_errors(ours, 3 / n, base, clean, num_examples=n)
+    # hard: (7 + 9 + 17) / (13 + 23 + 33) added errors.
+    assert relative["mild"] is None and relative["hard"] == pytest.approx(33 / 69)
+    assert metrics.mean_defined(list(relative.values())) == pytest.approx(33 / 69)
+    # One added error in total is a ratio; a baseline better under corruption is not.
+    one = metrics.relative_corruption_errors({"a": {1: 2 / n}}, 1 / n, {"a": {1: 8 / n}}, 7 / n,
+                                             num_examples=n)
+    assert one["a"] == pytest.approx(1.0)
+    better = metrics.relative_corruption_errors({"a": {1: 2 / n}}, 1 / n, {"a": {1: 6 / n}},
+                                                7 / n, num_examples=n)
+    assert better == {"a": None}
+    # Without a count only an exactly zero or negative drop is undefined.
+    assert metrics.relative_corruption_errors({"a": {1: 0.3}}, 0.1, {"a": {1: 0.2}}, 0.2) == \
+        {"a": None}
+
+
 def test_error_by_severity_is_the_mean_over_corruptions():
     assert metrics.error_by_severity(ERRORS) == pytest.approx({1: 0.35, 2: 0.45})
     assert metrics.error_by_severity({"a": {1: 0.2}, "b": {1: 0.4, 3: 0.9}}) == \
