@@ -2,7 +2,6 @@
 (`nst.main.run`), issue 14 items 3 and 5. In-process, so the tests stay fast; the
 binaries themselves are run by tools/bad_inputs.py (tests/test_bad_inputs.py)."""
 
-
 import pytest
 import tensorflow as tf
 from absl import app, flags

@@ -22,10 +22,10 @@ import tensorflow as tf
 Errors = Mapping[str, Mapping[int, float]]
 
 
-def _ratio(numerator: float, denominator: float) -> Optional[float]:
-    # A baseline with zero error (or no drop) leaves the ratio undefined:
-    # None in the JSON rather than Inf, which strict JSON cannot hold.
-    if denominator == 0:
+def _ratio(numerator: float, denominator: float, floor: float = 0.0) -> Optional[float]:
+    # A denominator <= `floor` (a baseline with zero error, or no drop) leaves the ratio
+    # undefined: None in the JSON rather than Inf, which strict JSON cannot hold.
+    if denominator <= floor:
         return None
     return numerator / denominator
 
@@ -53,11 +53,9 @@ def relative_corruption_errors(errors: Errors, clean: float, baseline: Errors,
     ~1e-17). Without `num_examples` only a denominator <= 0 is undefined.
     """
     min_drop = 0.5 / num_examples if num_examples else 0.0
-    out = {}
-    for c, per_s in errors.items():
-        drop = sum(baseline[c][s] - baseline_clean for s in per_s)
-        out[c] = (sum(e - clean for e in per_s.values()) / drop) if drop > min_drop else None
-    return out
+    return {c: _ratio(sum(e - clean for e in per_s.values()),
+                      sum(baseline[c][s] - baseline_clean for s in per_s), min_drop)
+            for c, per_s in errors.items()}
 
 
 def mean_defined(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -127,7 +127,7 @@ def bandwidth(overhead_us: float, sizes=BANDWIDTH_ELEMENTS, seconds: float = 0.5
     for n in sizes:
         count = products_per_call(n, budget_bytes)
         run = _cold_products(n, count)
-        per_op = seconds_per_call(lambda: run(), seconds) / count
+        per_op = seconds_per_call(run, seconds) / count
         moved = 12.0 * n
         points.append((moved, moved / max(per_op - overhead_us * 1e-6, 0.5 * per_op) / 1e9))
     return tuple(points)

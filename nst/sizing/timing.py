@@ -30,9 +30,10 @@ Rates (`Rates`): an accelerator's are its table row (peak for the dtype,
 depthwise at the fp32 column, its HBM bandwidth, no per-op overhead); the
 CPU's are measured (nst/sizing/cpu_rates.py): matmul, depthwise forward and
 backward, the element-wise bandwidth by tensor size (read from tensors that
-no cache holds, as a step's activations are) and the per-op overhead. The utilisation divides the roofline
-part: an accelerator's default is DEFAULT_UTILIZATION (the paper's L2 time,
-docs/tpu.md); the CPU's is 1, its rates being what it achieves.
+no cache holds, as a step's activations are) and the per-op overhead. The
+utilisation divides the roofline part: an accelerator's default is
+DEFAULT_UTILIZATION (the paper's L2 time, docs/tpu.md); the CPU's is 1, its
+rates being what it achieves.
 """
 
 import bisect

@@ -23,6 +23,7 @@ from nst.data import preprocess, readers, schema, writers
 from nst.models import saving
 from nst.pseudo import filter as filter_lib
 from nst.pseudo import predict
+from nst.testing import two_cpu_strategy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K = 10
@@ -160,8 +161,7 @@ def test_predictions_equal_the_model_and_keep_order_ids_and_images(
 
 def test_two_replicas_give_the_same_predictions(data_dir, teacher_dir, tmp_path):
     one = main.run(_config(data_dir, teacher_dir, tmp_path / "one", shard_id="0"))
-    strategy = tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = two_cpu_strategy()
     two = predict.run_prediction(_config(data_dir, teacher_dir, tmp_path / "two",
                                          shard_id="0"), strategy)
     a, b = _read(one[0]["output"]), _read(two[0]["output"])

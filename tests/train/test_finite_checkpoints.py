@@ -25,8 +25,7 @@ from nst.data import input_pipeline as ip
 from nst.data.sources.digits import make_digits_dataset
 from nst.train import evaluate as eval_lib
 from nst.train import loop
-
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
+from nst.testing import two_cpu_strategy
 
 
 @pytest.fixture(scope="session")
@@ -218,8 +217,7 @@ def test_no_good_checkpoint_among_several(poisoned_run, tmp_path):
 @pytest.mark.slow
 def test_the_check_runs_on_every_replica(digits_dir, tmp_path):
     """Two replicas (MirroredStrategy): the same stop at step 2, naming ckpt-1."""
-    strategy = tf.distribute.MirroredStrategy(
-        TWO_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = two_cpu_strategy()
     trainer = loop.Trainer(exploding_config(tmp_path, digits_dir), strategy)
     trainer.prepare()
     with pytest.raises(loop.NonFiniteLossError, match=r"^Not saving step 2: ") as error:

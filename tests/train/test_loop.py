@@ -25,9 +25,8 @@ from nst.data.sources.digits import make_digits_dataset
 from nst.models import convert, saving
 from nst.models.efficientnet import build_model
 from nst.train import loop
-from nst.testing import summary_scalars
+from nst.testing import summary_scalars, two_cpu_strategy
 
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -141,10 +140,7 @@ def test_two_replicas_match_one_replica(digits_dir, tmp_path):
     results = {}
     strategies = {
         "one": tf.distribute.get_strategy(),
-        # ReductionToOneDevice: collectives of several MirroredStrategy objects in
-        # one process can clash (tensorflow/tensorflow#62790).
-        "two": tf.distribute.MirroredStrategy(
-            TWO_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()),
+        "two": two_cpu_strategy(),
     }
     for name, strategy in strategies.items():
         config = tiny_config(tmp_path / name, digits_dir, dropout_rate=0.0,
