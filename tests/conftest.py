@@ -25,6 +25,18 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """The digits demo data (`make_digits_dataset`, 10 labels per class, seed 0): 100
+    labeled train, 179 dev, 539 test, 979 unlabeled images, written once per test
+    process (`make_digits_dataset` skips a complete directory)."""
+    from nst.data.sources.digits import make_digits_dataset
+
+    path = tmp_path_factory.getbasetemp() / "digits-10"
+    make_digits_dataset(str(path), labels_per_class=10, seed=0)
+    return str(path)
+
+
 def write_fashion_idx(directory, train_per_class=30, test_per_class=4, gzipped=True,
                       seed=0):
     """A small Fashion-MNIST look-alike in the four original IDX files (no download).

@@ -39,15 +39,6 @@ RESULT_KEYS = {"top_1_accuracy", "top_5_accuracy", "loss", "num_images", "split"
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    """100 labeled train, 179 dev, 539 test, 979 unlabeled images (same path as in
-    tests/train/test_loop.py, so the data is written once per session)."""
-    path = tmp_path_factory.getbasetemp() / "digits-10"
-    make_digits_dataset(str(path), labels_per_class=10, seed=0)
-    return str(path)
-
-
 def dataset_counts(data_dir):
     with open(os.path.join(data_dir, "dataset_info.json")) as f:
         return {k: v["num_records"] for k, v in json.load(f)["splits"].items()}

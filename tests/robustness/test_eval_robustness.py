@@ -15,7 +15,6 @@ import tensorflow_datasets as tfds
 from nst import config as config_lib
 from nst import eval_robustness as er
 from nst.data import input_pipeline as ip
-from nst.data.sources.digits import make_digits_dataset
 from nst.models import saving
 from nst.robustness import imagenet_a, metrics
 from nst.robustness import inputs as robustness_inputs
@@ -32,14 +31,6 @@ TWO_CPUS = ["/cpu:0", "/cpu:1"]
 def corruptions():
     from nst.robustness import corruptions as module
     return module
-
-
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    """The digits data of tests/test_main.py (same path: written once per session)."""
-    path = tmp_path_factory.getbasetemp() / "digits-10"
-    make_digits_dataset(str(path), labels_per_class=10, seed=0)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,9 @@ from nst import config as config_lib
 from nst import fileio
 from nst import main
 from nst.data import input_pipeline as ip
-from nst.data.sources.digits import make_digits_dataset
 from nst.train import evaluate as eval_lib
 from nst.train import loop
 from nst.testing import two_cpu_strategy
-
-
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    """The digits demo data (same path as in test_loop.py: written once per session)."""
-    path = tmp_path_factory.getbasetemp() / "digits-10"
-    make_digits_dataset(str(path), labels_per_class=10, seed=0)
-    return str(path)
 
 
 def exploding_config(model_dir, data_dir, **overrides):

@@ -21,7 +21,6 @@ import pytest
 import tensorflow as tf
 
 from nst import config as config_lib
-from nst.data.sources.digits import make_digits_dataset
 from nst.models import convert, saving
 from nst.models.efficientnet import build_model
 from nst.train import loop
@@ -32,18 +31,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    """The digits demo data: 100 labeled train, 179 dev, 539 test, 979 unlabeled images.
-
-    Same path and arguments in every test module: whichever module comes first
-    writes it, the others find it complete.
-    """
-    path = tmp_path_factory.getbasetemp() / "digits-10"
-    make_digits_dataset(str(path), labels_per_class=10, seed=0)
-    return str(path)
 
 
 def tiny_config(model_dir, data_dir, **overrides):
