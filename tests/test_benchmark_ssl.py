@@ -276,6 +276,19 @@ def test_robustness_of_the_models_on_disk_once_per_setting(tmp_path, monkeypatch
         calls.clear()
         assert tool.measure_robustness("4", ["no_noise", "same_size", "reference"]) == measured
         assert calls == []
+        # Another machine: the archive has the teacher's summary but not its whole JSON,
+        # which a new student's mCE needs, so the teacher is measured again first.
+        os.remove(teacher_json)
+        (work / "seed_4" / "same_size" / "iteration_1" / "student").mkdir(parents=True)
+        (work / "seed_4" / "same_size" / "iteration_1" / "student" / "stage_done.json"
+         ).write_text("{}")
+        clean["same_size"] = 0.18
+        again = tool.measure_robustness("4", ["no_noise", "same_size", "reference"])
+        assert calls == [("seed_4/teacher/configs/teacher.gin", None),
+                         ("seed_4/same_size/configs/student-1.gin", teacher_json)]
+        assert again["teacher"] == measured["teacher"]
+        assert again["same_size student-1"]["summary"]["clean_error"] == pytest.approx(0.18)
+        calls.clear()
         text = tool.robustness_table({"4": measured}, ["4"])
         assert "first 100 test images" in text
         row = next(line for line in text.splitlines() if line.startswith("| reference"))

@@ -331,9 +331,12 @@ def measure_robustness(seed, ablations: List[str]) -> Dict[str, Dict]:
     teacher_json = os.path.join(out_dir, "teacher.json")
     data_dir = os.path.join(models[0][1], "data")
     measured = dict(stored)
-    for label, run_dir, stage in models:
-        if measured.get(label, {}).get("settings") == settings:
-            continue
+    todo = [m for m in models if measured.get(m[0], {}).get("settings") != settings]
+    if todo and todo[0][0] != "teacher" and not os.path.exists(teacher_json):
+        # The archive has the teacher's summary, but the students' mCE needs its whole
+        # JSON, which stays on the machine that measured it: measure the teacher again.
+        todo.insert(0, models[0])
+    for label, run_dir, stage in todo:
         output = os.path.join(out_dir, label.replace(" ", "_") + ".json")
         command = [sys.executable, "-m", "nst.eval_robustness",
                    f"--gin_file={os.path.join(run_dir, 'configs', stage + '.gin')}",
@@ -344,8 +347,13 @@ def measure_robustness(seed, ablations: List[str]) -> Dict[str, Dict]:
                                           f"seed_{seed}_robustness.log"),
                     f"{label} of seed {seed}: nst-eval-robustness")
         with open(output) as f:
-            measured[label] = {"settings": settings,
-                               "summary": eval_robustness.summary(json.load(f))}
+            summary = eval_robustness.summary(json.load(f))
+        before = measured.get(label, {})
+        if before.get("settings") == settings and before.get("summary") != summary:
+            print(f"seed {seed}: the {label} measured here differs from the archived one "
+                  f"(clean error {before['summary']['clean_error']:.4f} -> "
+                  f"{summary['clean_error']:.4f}); the new one is kept", flush=True)
+        measured[label] = {"settings": settings, "summary": summary}
         if FLAGS.archive_dir:
             os.makedirs(FLAGS.archive_dir, exist_ok=True)
             fileio.atomic_write_text(_archive_path(seed, "robustness"), json.dumps(
