@@ -93,6 +93,74 @@ def test_each_ablation_changes_one_thing_of_student_1(tmp_path):
                 main_f.min_threshold, main_f.use_all, main_f.num_image, main_f.seed)
 
 
+def test_all_labels_run_trains_student_1_as_a_supervised_teacher(tmp_path):
+    """The all_labels run's teacher stage has student 1's settings (width, steps, images
+    per step: 32 labeled + 6 x 32 pseudo-labelled = 224) with every image labeled, on data
+    made at the unlabeled split's images per class."""
+    import dataclasses
+
+    from nst import pipeline_config as pc
+    tool = _tool()
+    recipe = tool.DATASETS["fashion_mnist"].recipe
+    _, main_stages = pc.plan([recipe], [], {"run_dir": str(tmp_path / "main")},
+                             check_data=False)
+    student = dataclasses.asdict({s.name: s for s in main_stages}["student-1"].settings)
+    params = ["PipelineConfig.labels_per_class = 5460"] + tool.all_labels_params(student)
+    _, stages = pc.plan([recipe], params, {"run_dir": str(tmp_path / "all")},
+                        check_data=False)
+    by_name = {s.name: s for s in stages}
+    assert by_name["data"].data_args["labels_per_class"] == 5460
+    teacher = dataclasses.asdict(by_name["teacher"].settings)
+    assert (teacher["width_coefficient"], teacher["train_steps"],
+            teacher["train_batch_size"], teacher["unlabel_ratio"]) == (0.35, 2000, 224, 0.0)
+    differ = {k for k in teacher if teacher[k] != student[k]}
+    assert differ == {"model_dir", "unlabel_data_dir", "label_data_dir", "train_batch_size",
+                      "unlabel_ratio", "teacher_softmax_temp"}
+
+
+def test_all_labels_phase_uses_the_seeds_data_and_student_1(tmp_path, monkeypatch):
+    """--all_labels: one `--until=teacher` run per ablation seed after its ablations, its
+    labels per class the unlabeled split's, its model student 1's; archived, in the table."""
+    tool = _tool()
+    calls = []
+
+    def fake_pipeline(run_dir, seed, params, log_path, extra_flags=()):
+        calls.append((os.path.relpath(run_dir, tmp_path / "work"), tuple(extra_flags),
+                      params))
+        os.makedirs(os.path.join(run_dir, "data"), exist_ok=True)
+        with open(os.path.join(run_dir, "pipeline.json"), "w") as f:
+            json.dump({"stages": {"teacher": {"width_coefficient": 0.25}, "student-1": {
+                "width_coefficient": 0.5, "train_steps": 30, "train_batch_size": 4,
+                "unlabel_ratio": 3.0, "save_checkpoints_steps": 10}}}, f)
+        with open(os.path.join(run_dir, "data", "dataset_info.json"), "w") as f:
+            json.dump({"splits": {"extra": {"per_class": [7, 9, 8]}}}, f)
+        return {"stages": [{"name": "teacher", "iteration": 0, "model_dir": run_dir + "/t",
+                            "metrics": {"test": {"top_1_accuracy": 0.9}}}]}
+
+    monkeypatch.setattr(tool, "_pipeline", fake_pipeline)
+    monkeypatch.setattr(tool, "_commit", lambda: "c")
+    store = tmp_path / "archive"
+    tool.FLAGS(["benchmark_ssl", "--dataset=digits", "--seeds=3", "--ablations=none",
+                "--all_labels", f"--work_dir={tmp_path / 'work'}", f"--archive_dir={store}",
+                f"--output={tmp_path / 'out.json'}"])
+    try:
+        tool.main([])
+        assert [c[:2] for c in calls] == [("seed_3/main", ()),
+                                          ("seed_3/all_labels", ("--until=teacher",))]
+        params = calls[1][2]
+        assert "PipelineConfig.labels_per_class = 7" in params  # the smallest class
+        assert params[-4:] == ["teacher/ExperimentConfig.width_coefficient = 0.5",
+                               "teacher/ExperimentConfig.train_steps = 30",
+                               "teacher/ExperimentConfig.train_batch_size = 16",
+                               "teacher/ExperimentConfig.save_checkpoints_steps = 10"]
+        assert json.load(open(store / "seed_3_all_labels.json"))["results"]["stages"][0][
+            "metrics"]["test"]["top_1_accuracy"] == 0.9
+        rows = json.load(open(tmp_path / "out.json"))["rows"]
+        assert rows[tool.ALL_LABELS]["test"] == [0.9]
+    finally:
+        tool.FLAGS.unparse_flags()
+
+
 def test_peers_run_on_a_small_split():
     import numpy as np
 

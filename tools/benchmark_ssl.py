@@ -18,6 +18,11 @@ budget still yields the main table. Every run resumes when the command is rerun;
       --seeds=0,1,2 --work_dir=/var/tmp/nst_ssl_fashion
   python tools/benchmark_ssl.py --seeds=0,1,2       # the digits demo (no peers)
 
+With `--all_labels`, each ablation seed also gets the run that tells whether the pseudo
+labels or the training hold student 1 back: student 1's model, steps and images per step
+trained as a supervised teacher on the true labels of as many images as student 1 gets
+pseudo labels for (<work_dir>/seed_<s>/all_labels, `nst-pipeline --until=teacher`).
+
 Wall time per run is the sum of its stages' own times (`seconds` in each
 stage_done.json), so it is right for resumed runs too.
 
@@ -97,6 +102,8 @@ ABLATIONS = {
                      ["student/ExperimentConfig.train_ratio = 4.0"]),
 }
 
+ALL_LABELS = "student-1's model and schedule, every label true (all_labels)"
+
 flags.DEFINE_enum("dataset", "digits", list(DATASETS), "Which recipe.")
 flags.DEFINE_integer("labels_per_class", None, "Labeled images per class (default: the "
                      "recipe's: digits 10, fashion_mnist 40).")
@@ -118,6 +125,10 @@ flags.DEFINE_string("archive_dir", "", "Copy every finished run's results (and w
                     "running it again: a benchmark spread over machines resumes from a "
                     "committed archive.")
 flags.DEFINE_string("markdown", "", "Write the tables to this Markdown file.")
+flags.DEFINE_bool("all_labels", False, "After the ablations, per ablation seed: student 1's "
+                  "model and schedule trained supervised on the true labels of as many "
+                  "images as it gets pseudo labels for (run 'all_labels'): what student 1 "
+                  "would reach if every pseudo label were right.")
 flags.DEFINE_bool("robustness", False, "After the runs, measure every model still on "
                   "disk with nst-eval-robustness (the seed's teacher is the mCE baseline)")
 flags.DEFINE_string("robustness_corruptions", "", "Corruptions (default: all)")
@@ -163,7 +174,7 @@ def _commit() -> Optional[str]:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _run(seed, name: str, params: List[str]) -> Dict:
+def _run(seed, name: str, params: List[str], extra_flags: Sequence[str] = ()) -> Dict:
     """The archive entry of one run: taken from --archive_dir when --work_dir does not
     hold the run, otherwise run (or resumed) and archived."""
     run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", name)
@@ -171,7 +182,8 @@ def _run(seed, name: str, params: List[str]) -> Dict:
     if entry is not None and not os.path.exists(run_dir):
         return entry
     results = _pipeline(run_dir, int(seed), params,
-                        os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_{name}.log"))
+                        os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_{name}.log"),
+                        extra_flags)
     if entry is not None and _measured(entry["results"]) == _measured(results):
         return entry  # finished earlier: its date, commit and time stay those of that run
     return archive(seed, name, run_dir, results)
@@ -212,10 +224,11 @@ def _recipe() -> str:
     return DATASETS[FLAGS.dataset].recipe
 
 
-def _data_params(seed: int) -> List[str]:
+def _data_params(seed: int, labels_per_class: Optional[int] = None) -> List[str]:
     params = [f"PipelineConfig.data_seed = {seed}"]
-    if FLAGS.labels_per_class is not None:
-        params.append(f"PipelineConfig.labels_per_class = {FLAGS.labels_per_class}")
+    labels_per_class = labels_per_class or FLAGS.labels_per_class
+    if labels_per_class is not None:
+        params.append(f"PipelineConfig.labels_per_class = {labels_per_class}")
     if FLAGS.source_dir:
         params.append(f"PipelineConfig.source_dir = '{FLAGS.source_dir}'")
     return params
@@ -231,6 +244,30 @@ def ablation_params(name: str, data_dir: str, teacher_dir: str,
             f"PipelineConfig.label_data_dir = '{data_dir}'",
             f"PipelineConfig.unlabel_data_dir = '{os.path.join(data_dir, 'unlabeled')}'",
             ] + [b.format(teacher_width=teacher_width) for b in ABLATIONS[name][1]]
+
+
+def all_labels_params(student: Dict) -> List[str]:
+    """Gin bindings that make the recipe's teacher stage train like student 1 (`student`:
+    its settings in pipeline.json): its width, steps and images per step (labeled plus
+    pseudo-labelled), all of them with true labels. With the data made at as many labels
+    per class as the unlabeled split holds, this is student 1 with every pseudo label
+    right."""
+    images = round(student["train_batch_size"] * (1 + student["unlabel_ratio"]))
+    return [f"teacher/ExperimentConfig.width_coefficient = {student['width_coefficient']}",
+            f"teacher/ExperimentConfig.train_steps = {student['train_steps']}",
+            f"teacher/ExperimentConfig.train_batch_size = {images}",
+            f"teacher/ExperimentConfig.save_checkpoints_steps = "
+            f"{student['save_checkpoints_steps']}"]
+
+
+def run_all_labels(seed, base: Dict) -> Dict:
+    """The archive entry of the seed's all_labels run (nst-pipeline --until=teacher)."""
+    with open(os.path.join(base["run_dir"], "pipeline.json")) as f:
+        student = json.load(f)["stages"]["student-1"]
+    info = fileio.read_json(os.path.join(base["data_dir"], "dataset_info.json"))
+    per_class = min(info["splits"]["extra"]["per_class"])
+    return _run(seed, "all_labels", _data_params(int(seed), per_class)
+                + all_labels_params(student) + FLAGS.gin_param, ["--until=teacher"])
 
 
 def run_seconds(run_dir: str) -> float:
@@ -270,7 +307,7 @@ def _ablation_base(seed, main_results: Dict) -> Dict:
               f"{_top1(_stage(main_results, 0), 'test')})", flush=True)
     with open(os.path.join(main_dir, "pipeline.json")) as f:
         teacher_width = json.load(f)["stages"]["teacher"]["width_coefficient"]
-    return {"data_dir": os.path.join(main_dir, "data"),
+    return {"run_dir": main_dir, "data_dir": os.path.join(main_dir, "data"),
             "teacher_dir": _stage(results, 0)["model_dir"], "teacher_width": teacher_width}
 
 
@@ -547,6 +584,16 @@ def main(argv):
             bench.put_seconds(label, seed, entry["seconds"])
             bench.save()
             print(f"[{time.time() - start:.0f} s] seed {seed}: {name} done", flush=True)
+        if FLAGS.all_labels:
+            entry = archived(seed, "all_labels")
+            if entry is None or os.path.exists(
+                    os.path.join(FLAGS.work_dir, f"seed_{seed}", "all_labels")):
+                base = base or _ablation_base(seed, main_results[seed])
+                entry = run_all_labels(seed, base)
+            bench.put_run(entry["results"], seed, only_iteration=0, label=ALL_LABELS)
+            bench.put_seconds(ALL_LABELS, seed, entry["seconds"])
+            bench.save()
+            print(f"[{time.time() - start:.0f} s] seed {seed}: all_labels done", flush=True)
 
     if FLAGS.robustness:  # 4. robustness of the models on disk
         for seed in seeds:
