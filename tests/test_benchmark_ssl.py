@@ -105,7 +105,8 @@ def test_all_labels_run_trains_student_1_as_a_supervised_teacher(tmp_path):
     _, main_stages = pc.plan([recipe], [], {"run_dir": str(tmp_path / "main")},
                              check_data=False)
     student = dataclasses.asdict({s.name: s for s in main_stages}["student-1"].settings)
-    params = ["PipelineConfig.labels_per_class = 5460"] + tool.all_labels_params(student)
+    params = ["PipelineConfig.labels_per_class = 5460"] + tool.all_labels_params(
+        student, num_labeled=400)
     _, stages = pc.plan([recipe], params, {"run_dir": str(tmp_path / "all")},
                         check_data=False)
     by_name = {s.name: s for s in stages}
@@ -115,7 +116,21 @@ def test_all_labels_run_trains_student_1_as_a_supervised_teacher(tmp_path):
             teacher["train_batch_size"], teacher["unlabel_ratio"]) == (0.35, 2000, 224, 0.0)
     differ = {k for k in teacher if teacher[k] != student[k]}
     assert differ == {"model_dir", "unlabel_data_dir", "label_data_dir", "train_batch_size",
-                      "unlabel_ratio", "teacher_softmax_temp"}
+                      "unlabel_ratio", "teacher_softmax_temp", "base_learning_rate",
+                      "num_train_images"}
+    # The same learning rate at every step as student 1 (32 of 400 labeled images a step):
+    # peak 0.128 * 32 / 256 = 0.016, warm-up and decay in epochs of 12.5 steps.
+    from nst.train.schedule import NoisyStudentSchedule
+
+    def schedule(s, num_train_images):
+        return NoisyStudentSchedule(s["base_learning_rate"], s["train_batch_size"],
+                                    num_train_images, s["train_steps"])
+    ours, theirs = schedule(teacher, teacher["num_train_images"]), schedule(student, 400)
+    assert teacher["num_train_images"] == 2800
+    assert ours.peak_learning_rate == pytest.approx(0.016)
+    steps = [0, 1, 30, 62, 63, 500, 1234, 1999]
+    assert [float(ours(s)) for s in steps] == pytest.approx(
+        [float(theirs(s)) for s in steps], rel=1e-6)
 
 
 def test_all_labels_phase_uses_the_seeds_data_and_student_1(tmp_path, monkeypatch):
@@ -131,9 +146,12 @@ def test_all_labels_phase_uses_the_seeds_data_and_student_1(tmp_path, monkeypatc
         with open(os.path.join(run_dir, "pipeline.json"), "w") as f:
             json.dump({"stages": {"teacher": {"width_coefficient": 0.25}, "student-1": {
                 "width_coefficient": 0.5, "train_steps": 30, "train_batch_size": 4,
-                "unlabel_ratio": 3.0, "save_checkpoints_steps": 10}}}, f)
+                "unlabel_ratio": 3.0, "save_checkpoints_steps": 10,
+                "label_data_sample_prob": 1.0, "base_learning_rate": 0.2,
+                "num_train_images": None}}}, f)
         with open(os.path.join(run_dir, "data", "dataset_info.json"), "w") as f:
-            json.dump({"splits": {"extra": {"per_class": [7, 9, 8]}}}, f)
+            json.dump({"splits": {"extra": {"per_class": [7, 9, 8]},
+                                  "train": {"num_records": 6}}}, f)
         return {"stages": [{"name": "teacher", "iteration": 0, "model_dir": run_dir + "/t",
                             "metrics": {"test": {"top_1_accuracy": 0.9}}}]}
 
@@ -149,10 +167,12 @@ def test_all_labels_phase_uses_the_seeds_data_and_student_1(tmp_path, monkeypatc
                                           ("seed_3/all_labels", ("--until=teacher",))]
         params = calls[1][2]
         assert "PipelineConfig.labels_per_class = 7" in params  # the smallest class
-        assert params[-4:] == ["teacher/ExperimentConfig.width_coefficient = 0.5",
+        assert params[-6:] == ["teacher/ExperimentConfig.width_coefficient = 0.5",
                                "teacher/ExperimentConfig.train_steps = 30",
                                "teacher/ExperimentConfig.train_batch_size = 16",
-                               "teacher/ExperimentConfig.save_checkpoints_steps = 10"]
+                               "teacher/ExperimentConfig.save_checkpoints_steps = 10",
+                               "teacher/ExperimentConfig.base_learning_rate = 0.05",
+                               "teacher/ExperimentConfig.num_train_images = 24"]
         assert json.load(open(store / "seed_3_all_labels.json"))["results"]["stages"][0][
             "metrics"]["test"]["top_1_accuracy"] == 0.9
         rows = json.load(open(tmp_path / "out.json"))["rows"]

@@ -19,8 +19,8 @@ budget still yields the main table. Every run resumes when the command is rerun;
   python tools/benchmark_ssl.py --seeds=0,1,2       # the digits demo (no peers)
 
 With `--all_labels`, each ablation seed also gets the run that tells whether the pseudo
-labels or the training hold student 1 back: student 1's model, steps and images per step
-trained as a supervised teacher on the true labels of as many images as student 1 gets
+labels or the training hold student 1 back: student 1's model, steps, images per step and learning-rate
+curve trained as a supervised teacher on the true labels of as many images as student 1 gets
 pseudo labels for (<work_dir>/seed_<s>/all_labels, `nst-pipeline --until=teacher`).
 
 Wall time per run is the sum of its stages' own times (`seconds` in each
@@ -246,18 +246,29 @@ def ablation_params(name: str, data_dir: str, teacher_dir: str,
             ] + [b.format(teacher_width=teacher_width) for b in ABLATIONS[name][1]]
 
 
-def all_labels_params(student: Dict) -> List[str]:
+def all_labels_params(student: Dict, num_labeled: int) -> List[str]:
     """Gin bindings that make the recipe's teacher stage train like student 1 (`student`:
-    its settings in pipeline.json): its width, steps and images per step (labeled plus
-    pseudo-labelled), all of them with true labels. With the data made at as many labels
-    per class as the unlabeled split holds, this is student 1 with every pseudo label
-    right."""
+    its settings in pipeline.json; `num_labeled`: its labeled images): its width, steps,
+    images per step (labeled plus pseudo-labelled, all of them labeled here) and its
+    learning-rate curve. With the data made at as many labels per class as the unlabeled
+    split holds, this is student 1 with every pseudo label right.
+
+    The schedule counts labeled images: peak LR = base * B_labeled / 256, and epochs of
+    N / B_labeled steps set warm-up and decay. Base LR and N are scaled by the ratio of the
+    batches so that both stay what student 1 had (otherwise the LR would peak 7x higher and
+    hardly decay over 54,600 "labeled" images)."""
+    labeled = student["train_batch_size"] * student["label_data_sample_prob"]
     images = round(student["train_batch_size"] * (1 + student["unlabel_ratio"]))
+    scale = images / labeled
     return [f"teacher/ExperimentConfig.width_coefficient = {student['width_coefficient']}",
             f"teacher/ExperimentConfig.train_steps = {student['train_steps']}",
             f"teacher/ExperimentConfig.train_batch_size = {images}",
             f"teacher/ExperimentConfig.save_checkpoints_steps = "
-            f"{student['save_checkpoints_steps']}"]
+            f"{student['save_checkpoints_steps']}",
+            f"teacher/ExperimentConfig.base_learning_rate = "
+            f"{student['base_learning_rate'] / scale!r}",
+            f"teacher/ExperimentConfig.num_train_images = "
+            f"{round((student['num_train_images'] or num_labeled) * scale)}"]
 
 
 def run_all_labels(seed, base: Dict) -> Dict:
@@ -267,7 +278,8 @@ def run_all_labels(seed, base: Dict) -> Dict:
     info = fileio.read_json(os.path.join(base["data_dir"], "dataset_info.json"))
     per_class = min(info["splits"]["extra"]["per_class"])
     return _run(seed, "all_labels", _data_params(int(seed), per_class)
-                + all_labels_params(student) + FLAGS.gin_param, ["--until=teacher"])
+                + all_labels_params(student, info["splits"]["train"]["num_records"])
+                + FLAGS.gin_param, ["--until=teacher"])
 
 
 def run_seconds(run_dir: str) -> float:
