@@ -384,3 +384,84 @@ def test_robustness_of_the_models_on_disk_once_per_setting(tmp_path, monkeypatch
                        "87.50 (1 seed) | 100.00 (1 seed) | 50.00 (1 seed) | 4 |")
     finally:
         tool.FLAGS.unparse_flags()
+
+
+def _student_1(test, correct, stage_params=None):
+    """A results.json stage of student 1 whose teacher got `correct` of 2 x 10 predictions
+    right (class 0: `correct`, class 1: none) before filtering."""
+    return {"name": "student-1", "iteration": 1, "model_dir": "/elsewhere/s",
+            "metrics": {"test": {"top_1_accuracy": test}},
+            "pseudo_labels": {"accuracy": {"before": {
+                "records": 20, "correct": correct, "accuracy": correct / 20,
+                "per_class": [{"records": 10, "correct": correct},
+                              {"records": 10, "correct": 0}]}}}}
+
+
+def test_one_teacher_per_seed_is_required():
+    tool = _tool()
+    same = {"a": {"results": {"stages": [_student_1(0.8, 7)]}},
+            "b": {"results": {"stages": [_student_1(0.7, 7)]}},
+            "no_true_labels": {"results": {"stages": [{"name": "student-1", "iteration": 1}]}}}
+    tool.check_one_teacher(5, same)  # one teacher (the unlabelled-free run cannot tell)
+    with pytest.raises(RuntimeError) as e:
+        tool.check_one_teacher(5, dict(same, c={"results": {"stages": [_student_1(0.9, 8)]}}))
+    message = str(e.value)
+    assert "seed 5" in message
+    assert "a, b: 7 of 20 right" in message and "c: 8 of 20 right" in message
+    assert "seed_5_<ablation>.json" in message
+
+
+def test_reference_is_the_main_student_when_the_ablations_share_its_teacher(
+        tmp_path, monkeypatch):
+    """An archive whose ablations learnt from the main run's teacher but lacks `reference`:
+    the reference is the main run's student 1 (nothing is trained, the entry is archived),
+    and the Δ table is the paired per-seed difference. Archived ablations from a teacher
+    other than the one retrained here are refused after the first run that shows it."""
+    tool = _tool()
+    store = tmp_path / "archive"
+    store.mkdir()
+    teacher = {"name": "teacher", "iteration": 0, "model_dir": "/elsewhere/t",
+               "metrics": {"test": {"top_1_accuracy": 0.6}}}
+    for seed, main_test, no_noise_test in ((0, 0.80, 0.785), (1, 0.82, 0.79)):
+        main = {"stages": [teacher, _student_1(main_test, 7),
+                           {"name": "student-2", "iteration": 2,
+                            "metrics": {"test": {"top_1_accuracy": 0.9}}}]}
+        (store / f"seed_{seed}_main.json").write_text(json.dumps(
+            {"results": main, "seconds": 60.0, "commit": "m", "finished": "then"}))
+        (store / f"seed_{seed}_no_noise.json").write_text(json.dumps(
+            {"results": {"stages": [_student_1(no_noise_test, 7)]}, "seconds": 30.0}))
+    calls = []
+
+    def fake_pipeline(run_dir, seed, params, log_path, extra_flags=()):
+        calls.append(os.path.relpath(run_dir, tmp_path / "work"))
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "pipeline.json"), "w") as f:
+            json.dump({"stages": {"teacher": {"width_coefficient": 0.25}}}, f)
+        return {"stages": [teacher, _student_1(0.81, 9)]}  # another teacher's predictions
+
+    monkeypatch.setattr(tool, "_pipeline", fake_pipeline)
+    tool.FLAGS(["benchmark_ssl", "--dataset=digits", "--seeds=0,1",
+                "--ablations=reference,no_noise", f"--work_dir={tmp_path / 'work'}",
+                f"--archive_dir={store}", f"--output={tmp_path / 'out.json'}"])
+    try:
+        tool.main([])
+        assert calls == []
+        reference = json.load(open(store / "seed_1_reference.json"))
+        assert reference["from"] == "main" and reference["commit"] == "m"
+        assert [s["name"] for s in reference["results"]["stages"]] == ["student-1"]
+        tables = json.load(open(tmp_path / "out.json"))["tables"]
+        label = tool.ABLATIONS["no_noise"][0]
+        assert f"| {label} | -2.25 ± 1.06 | -1.50, -3.00 |" in tables
+
+        # seed 0's reference is gone and its no_noise came from another teacher than
+        # the main run's: the reference is trained from a retrained teacher, whose
+        # predictions differ from the archived no_noise's, and that is refused.
+        os.remove(store / "seed_0_reference.json")
+        (store / "seed_0_no_noise.json").write_text(json.dumps(
+            {"results": {"stages": [_student_1(0.785, 8)]}, "seconds": 30.0}))
+        with pytest.raises(RuntimeError, match="seed 0: the ablations did not all learn"):
+            tool.main([])
+        assert calls == ["seed_0/teacher", "seed_0/reference"]
+        assert not (store / "seed_0_reference.json").exists()  # refused before archiving
+    finally:
+        tool.FLAGS.unparse_flags()

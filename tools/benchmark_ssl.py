@@ -40,6 +40,14 @@ benchmark over several machines: runs finished on one are reported on the next. 
 ablation needs its seed's teacher and data on this machine: when the main run is only in
 the archive, the recipe's data and teacher stages are run again (`nst-pipeline
 --until=teacher`, deterministic for a given seed and machine) in <work_dir>/seed_<s>/teacher.
+Deterministic per machine, not across CPUs: a teacher retrained on another CPU type can
+come out points apart, so a seed's ablations must all come from one teacher. The teacher's
+predictions before filtering (per class: how many, how many right) identify it; a seed whose
+runs disagree on them is refused with an error naming the two groups. The `reference` row
+is the main run's student 1 itself, not trained again, whenever the ablations learn from the
+main run's teacher (the main run is on this machine, or the archived ablations share its
+predictions). The tables add each ablation's paired difference from the reference of the
+same seed (mean ± std over seeds, in points).
 """
 
 import dataclasses
@@ -174,9 +182,11 @@ def _commit() -> Optional[str]:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _run(seed, name: str, params: List[str], extra_flags: Sequence[str] = ()) -> Dict:
+def _run(seed, name: str, params: List[str], extra_flags: Sequence[str] = (),
+         check=None) -> Dict:
     """The archive entry of one run: taken from --archive_dir when --work_dir does not
-    hold the run, otherwise run (or resumed) and archived."""
+    hold the run, otherwise run (or resumed) and archived; `check(results)` may refuse a
+    finished run before it reaches the archive."""
     run_dir = os.path.join(FLAGS.work_dir, f"seed_{seed}", name)
     entry = archived(seed, name)
     if entry is not None and not os.path.exists(run_dir):
@@ -184,6 +194,8 @@ def _run(seed, name: str, params: List[str], extra_flags: Sequence[str] = ()) ->
     results = _pipeline(run_dir, int(seed), params,
                         os.path.join(FLAGS.work_dir, "logs", f"seed_{seed}_{name}.log"),
                         extra_flags)
+    if check is not None:
+        check(results)
     if entry is not None and _measured(entry["results"]) == _measured(results):
         return entry  # finished earlier: its date, commit and time stay those of that run
     return archive(seed, name, run_dir, results)
@@ -323,12 +335,65 @@ def _ablation_base(seed, main_results: Dict) -> Dict:
             "teacher_dir": _stage(results, 0)["model_dir"], "teacher_width": teacher_width}
 
 
+def _teacher_is_main(seed, main_results: Dict, done: Dict[str, Dict]) -> bool:
+    """Whether the seed's ablations learn from the main run's own teacher: the main run is
+    on this machine, or the archived ablations learnt from its teacher's predictions."""
+    if os.path.exists(os.path.join(FLAGS.work_dir, f"seed_{seed}", "main")):
+        return True
+    main = teacher_predictions(main_results)
+    return main is not None and any(teacher_predictions(e["results"]) == main
+                                    for e in done.values())
+
+
 def _top1(stage: Dict, split: str) -> Optional[float]:
     return ((stage.get("metrics") or {}).get(split) or {}).get("top_1_accuracy")
 
 
 def _stage(results: Dict, iteration: int) -> Dict:
     return next(s for s in results["stages"] if s["iteration"] == iteration)
+
+
+def teacher_predictions(results: Dict) -> Optional[Tuple[Tuple[int, int], ...]]:
+    """What a run's student 1 learnt from, as its results record it: per predicted class,
+    the teacher's predictions on the unlabeled split and how many were right, before
+    filtering. Runs with equal values learnt from the same teacher; None when the split
+    has no true labels to count against."""
+    stage = next((s for s in results.get("stages", []) if s.get("iteration") == 1), None)
+    before = (((stage or {}).get("pseudo_labels") or {}).get("accuracy") or {}).get("before")
+    if not before or not before.get("per_class"):
+        return None
+    return tuple((c["records"], c["correct"]) for c in before["per_class"])
+
+
+def check_one_teacher(seed, entries: Dict[str, Dict]):
+    """Refuses a seed's ablations that learnt from different teachers: their differences
+    would then mix the ablation with the teacher. A teacher retrained on another machine
+    (another CPU, other float rounding) can come out points apart from the archived one,
+    so an archive completed there must not be mixed with what was run here."""
+    groups: Dict[Tuple, List[str]] = {}
+    for name, entry in entries.items():
+        key = teacher_predictions(entry["results"])
+        if key is not None:
+            groups.setdefault(key, []).append(name)
+    if len(groups) > 1:
+        found = "; ".join(f"{', '.join(names)}: {sum(c for _, c in key)} of "
+                          f"{sum(r for r, _ in key)} right" for key, names in groups.items())
+        raise RuntimeError(
+            f"seed {seed}: the ablations did not all learn from the same teacher's pseudo "
+            f"labels (before filtering, {found}); a retrained teacher came out different "
+            f"from the one the archived runs used. Rerun all of seed {seed}'s ablations "
+            f"into another --archive_dir, or remove the archive entries "
+            f"seed_{seed}_<ablation>.json of one group")
+
+
+def reference_from_main(main_entry: Dict) -> Dict:
+    """The `reference` row when the ablations' teacher is the main run's: the main run's
+    student 1 is that run already (same teacher, pseudo labels, settings and seed), so it
+    is taken instead of training it a second time."""
+    results = dict(main_entry["results"])
+    results["stages"] = [s for s in results["stages"] if s.get("iteration") == 1]
+    return {"results": results, "seconds": None, "from": "main",
+            "finished": main_entry.get("finished"), "commit": main_entry.get("commit")}
 
 
 def _pseudo_accuracy(stage: Dict) -> Dict[str, Optional[float]]:
@@ -447,6 +512,7 @@ class Benchmark:
         self.seconds: Dict[str, List[Optional[float]]] = {}
         self.peer_params: Dict[str, List] = {}
         self.robustness: Dict[str, Dict[str, Dict]] = {}  # seed -> label -> entry
+        self.ablation_rows: List[str] = []
 
     def put(self, row: str, seed: str, test, dev):
         entry = self.rows.setdefault(row, {"test": [None] * len(self.seeds),
@@ -473,6 +539,9 @@ class Benchmark:
 
     def tables(self) -> str:
         return "\n\n".join(t for t in [table(self.rows, self.seeds),
+                                       delta_table(self.rows, self.seeds,
+                                                   ABLATIONS["reference"][0],
+                                                   self.ablation_rows),
                                        pseudo_table(self.pseudo, self.seeds),
                                        seconds_table(self.seconds, self.seeds),
                                        robustness_table(self.robustness, self.seeds)] if t)
@@ -488,17 +557,19 @@ class Benchmark:
             fileio.atomic_write_text(FLAGS.markdown, self.tables() + "\n")
 
 
-def _mean_std(values) -> str:
+def _mean_std(values, signed: bool = False) -> str:
     values = np.array([v for v in values if v is not None], np.float64) * 100
+    sign = "+" if signed else ""
     if not len(values):
         return "—"
     if len(values) == 1:  # no spread to report from one seed
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+        return f"{values[0]:{sign}.2f} (1 seed)"
+    return f"{values.mean():{sign}.2f} ± {values.std(ddof=1):.2f}"
 
 
-def _per_seed(values, scale=100.0, digits=2) -> str:
-    return ", ".join("—" if v is None else f"{scale * v:.{digits}f}" for v in values)
+def _per_seed(values, scale=100.0, digits=2, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return ", ".join("—" if v is None else f"{scale * v:{sign}.{digits}f}" for v in values)
 
 
 def table(rows, seeds) -> str:
@@ -508,6 +579,24 @@ def table(rows, seeds) -> str:
         lines.append(f"| {name} | {_mean_std(splits['test'])} | {_mean_std(splits['dev'])} | "
                      f"{_per_seed(splits['test'])} |")
     return "\n".join(lines)
+
+
+def delta_table(rows, seeds, reference: str, labels: Sequence[str]) -> str:
+    """Each ablation against the reference of the same seed, in points: mean ± sample std
+    of the per-seed differences. The ablations share the reference's teacher, data and
+    seed, so the paired difference is what each one measures."""
+    if reference not in rows:
+        return ""
+    lines = [f"| ablation of student 1 | Δ test top-1 vs reference (pts) | per seed "
+             f"({', '.join(seeds)}) |", "|---|---|---|"]
+    for label in labels:
+        if label == reference or label not in rows:
+            continue
+        deltas = [None if a is None or r is None else a - r
+                  for a, r in zip(rows[label]["test"], rows[reference]["test"])]
+        lines.append(f"| {label} | {_mean_std(deltas, signed=True)} | "
+                     f"{_per_seed(deltas, signed=True)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def pseudo_table(pseudo, seeds) -> str:
@@ -581,17 +670,35 @@ def main(argv):
             bench.save()
             print(f"[{time.time() - start:.0f} s] seed {seed}: peers done", flush=True)
 
+    derived_reference = set()  # seeds whose reference is the main run's student 1
     for seed in ablation_seeds:  # 3. ablations of student 1
         base = None  # the run whose teacher and data the ablations share
+        done = {n: e for n in ablations if n != "reference"
+                for e in [archived(seed, n)] if e is not None}
+        check_one_teacher(seed, done)
         for name in ablations:
             label = ABLATIONS[name][0]
             entry = archived(seed, name)
-            if entry is None or os.path.exists(
+            if entry is None and name == "reference" and _teacher_is_main(
+                    seed, main_results[seed], done):
+                entry = reference_from_main({"results": main_results[seed],
+                                             **(archived(seed, "main") or {})})
+                if FLAGS.archive_dir:
+                    fileio.atomic_write_text(_archive_path(seed, name),
+                                             json.dumps(entry, indent=1))
+            elif entry is None or os.path.exists(
                     os.path.join(FLAGS.work_dir, f"seed_{seed}", name)):
                 base = base or _ablation_base(seed, main_results[seed])
                 entry = _run(seed, name, _data_params(int(seed)) + ablation_params(
                     name, base["data_dir"], base["teacher_dir"], base["teacher_width"])
-                    + FLAGS.gin_param)
+                    + FLAGS.gin_param, check=lambda results, name=name: check_one_teacher(
+                        seed, dict(done, **{name: {"results": results}})))
+            done[name] = entry
+            check_one_teacher(seed, done)
+            if entry.get("from") == "main":
+                derived_reference.add(seed)
+            if label not in bench.ablation_rows:
+                bench.ablation_rows.append(label)
             bench.put_run(entry["results"], seed, only_iteration=1, label=label)
             bench.put_seconds(label, seed, entry["seconds"])
             bench.save()
@@ -609,8 +716,10 @@ def main(argv):
 
     if FLAGS.robustness:  # 4. robustness of the models on disk
         for seed in seeds:
-            bench.robustness[seed] = measure_robustness(
-                seed, ablations if seed in ablation_seeds else [])
+            measured = measure_robustness(seed, ablations if seed in ablation_seeds else [])
+            if seed in derived_reference and "main student-1" in measured:
+                measured.setdefault("reference student-1", measured["main student-1"])
+            bench.robustness[seed] = measured
             bench.save()
             print(f"[{time.time() - start:.0f} s] seed {seed}: robustness done", flush=True)
 
