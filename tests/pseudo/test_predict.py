@@ -268,7 +268,8 @@ def test_rerun_skips_finished_shards_and_redoes_unfinished(data_dir, teacher_dir
 @pytest.mark.slow
 def test_killed_predict_job_resumes_to_identical_output(data_dir, teacher_dir, tmp_path):
     """SIGKILL after the first shard is published; the rerun finishes the rest, and the
-    output equals an uninterrupted run's byte for byte, with no leftovers."""
+    output equals an uninterrupted run's (probabilities to 1e-6, all else exactly), with
+    no leftovers."""
     big = tmp_path / "big"
     big.mkdir()
     rng = np.random.default_rng(7)
@@ -299,7 +300,27 @@ def test_killed_predict_job_resumes_to_identical_output(data_dir, teacher_dir, t
     published = [n for n in os.listdir(out) if n.startswith("extra-")]
     assert 1 <= len(published) < num_shards, published  # killed mid-job
     subprocess.run(command(out), check=True, cwd=REPO, env=env, capture_output=True)
-    assert _bytes(out) == _bytes(tmp_path / "ref")
+    killed, ref = _bytes(out), _bytes(tmp_path / "ref")
+    assert sorted(killed) == sorted(ref)  # the same files, no leftovers
+    # A batch may run across two files, so a resumed job batches the remaining files'
+    # images differently; on some CPUs (AMD EPYC, 2026-12-06) the kernels then round the
+    # probabilities differently in the last bits. Everything else must be identical.
+    for name in ref:
+        if killed[name] == ref[name]:
+            continue
+        got, want = ([tf.train.Example.FromString(r.numpy()) for r in
+                      tf.data.TFRecordDataset(os.path.join(d, name))]
+                     for d in (out, tmp_path / "ref"))
+        assert len(got) == len(want), name
+        for a, b in zip(got, want):
+            fa, fb = a.features.feature, b.features.feature
+            assert sorted(fa) == sorted(fb), name
+            for key in fb:
+                if fb[key].WhichOneof("kind") == "float_list":  # prob, probabilities
+                    np.testing.assert_allclose(fa[key].float_list.value,
+                                               fb[key].float_list.value, rtol=0, atol=1e-6)
+                else:
+                    assert fa[key] == fb[key], (name, key)
     assert not [n for n in os.listdir(out) if n.startswith(".")]
 
 
