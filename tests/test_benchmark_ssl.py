@@ -386,7 +386,7 @@ def test_robustness_of_the_models_on_disk_once_per_setting(tmp_path, monkeypatch
         tool.FLAGS.unparse_flags()
 
 
-def _student_1(test, correct, stage_params=None):
+def _student_1(test, correct):
     """A results.json stage of student 1 whose teacher got `correct` of 2 x 10 predictions
     right (class 0: `correct`, class 1: none) before filtering."""
     return {"name": "student-1", "iteration": 1, "model_dir": "/elsewhere/s",

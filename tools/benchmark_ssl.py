@@ -170,10 +170,15 @@ def archive(seed, name: str, run_dir: str, results: Dict) -> Dict:
     entry = {"results": results, "seconds": run_seconds(run_dir),
              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "commit": _commit()}
+    _store(seed, name, entry)
+    return entry
+
+
+def _store(seed, name: str, entry: Dict):
+    """Writes one archive entry (atomically) when there is an --archive_dir."""
     if FLAGS.archive_dir:
         os.makedirs(FLAGS.archive_dir, exist_ok=True)
         fileio.atomic_write_text(_archive_path(seed, name), json.dumps(entry, indent=1))
-    return entry
 
 
 def _commit() -> Optional[str]:
@@ -468,11 +473,8 @@ def measure_robustness(seed, ablations: List[str]) -> Dict[str, Dict]:
                   f"(clean error {before['summary']['clean_error']:.4f} -> "
                   f"{summary['clean_error']:.4f}); the new one is kept", flush=True)
         measured[label] = {"settings": settings, "summary": summary}
-        if FLAGS.archive_dir:
-            os.makedirs(FLAGS.archive_dir, exist_ok=True)
-            fileio.atomic_write_text(_archive_path(seed, "robustness"), json.dumps(
-                {"results": measured, "commit": _commit(),
-                 "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
+        _store(seed, "robustness", {"results": measured, "commit": _commit(), "finished":
+                                    time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         print(f"seed {seed}: robustness of {label} measured", flush=True)
     return measured
 
@@ -683,9 +685,7 @@ def main(argv):
                     seed, main_results[seed], done):
                 entry = reference_from_main({"results": main_results[seed],
                                              **(archived(seed, "main") or {})})
-                if FLAGS.archive_dir:
-                    fileio.atomic_write_text(_archive_path(seed, name),
-                                             json.dumps(entry, indent=1))
+                _store(seed, name, entry)
             elif entry is None or os.path.exists(
                     os.path.join(FLAGS.work_dir, f"seed_{seed}", name)):
                 base = base or _ablation_base(seed, main_results[seed])
