@@ -108,7 +108,9 @@ def test_fgsm_step_on_a_linear_model_is_the_analytic_sign_and_clips():
     # Two classes, logits = x · W; for label 0 the cross-entropy gradient is
     # p1 (W1 - W0) per pixel, so the step is ε · sign(W1 - W0).
     # Small weights keep the softmax unsaturated (a saturated one has a zero gradient).
-    w = 1e-3 * np.array([[1, -1], [-2, 3], [0.5, 0.5], [4, -1], [0, 2], [1, 0]],
+    # The zero-gradient pixel has zero weights: equal non-zero weights would give
+    # (p0 - 1) w + p1 w, which rounds to ±1e-11 rather than 0 on some machines.
+    w = 1e-3 * np.array([[1, -1], [-2, 3], [0, 0], [4, -1], [0, 2], [1, 0]],
                         np.float32)  # [6 pixels, 2 classes]; sign(W1 - W0) = -+0-+-
 
     def model_fn(images):
