@@ -4,10 +4,12 @@
 predict (`--mode=predict`) -> histogram -> thresholds -> select -> filtered shards + stats:
 
   predict  Create[shard] -> Reshuffle -> skip shards whose outputs exist (resume)
-           -> ParDo(ReadShardFn)   one row per record: (shard, index, id, image, true label)
-           -> RunInference(TeacherModelHandler)  batches of predict_batch_size encoded
-              images -> decode + eval view + teacher (EMA weights, inference mode) ->
-              (shard, row + probabilities float32 [K])
+           -> ParDo(ReadShardFn)   a shard's rows (shard, index, id, image, true label)
+              in batches of predict_batch_size cut from its first record, as
+              `--mode=predict` cuts them
+           -> RunInference(TeacherModelHandler)  one such batch per call -> decode + eval
+              view + teacher (EMA weights, inference mode) ->
+              (shard, [(row, probabilities float32 [K])])
            -> CoGroupByKey with the shard keys (a shard of no record still gets its file)
            -> ParDo(WriteShardFn)  rows in file order through `predict.SliceOutput`: the
               records, info file and count check of `--mode=predict`, published atomically
@@ -16,8 +18,9 @@ predict (`--mode=predict`) -> histogram -> thresholds -> select -> filtered shar
            `nst.pseudo.beam.build_pipeline` over those files (its transforms, the local
            per-shard code) -> <filter_output_dir>/data/train-0-*, threshold.json, stats/
 
-Because the records are encoded by predict's own writer from the same model outputs, and
-the filter is the same per-shard code, the filtered records and the statistics equal those
+Because the model sees the same batches as in `--mode=predict` (on some CPUs an image's
+probabilities depend in the last bits on the batch it is in), the records are encoded by
+predict's own writer from those outputs, and the filter is the same per-shard code, the filtered records and the statistics equal those
 of `nst-main --mode=predict` + `nst-filter-unlabel` (tests/pseudo/test_beam_predict.py).
 
 The model is loaded once per worker process: RunInference keeps the handler's model in
@@ -59,8 +62,6 @@ from nst.pseudo import predict  # noqa: E402
 
 FLAGS = flags.FLAGS
 _METRICS = "nst_pseudo_label"
-_READ_BATCH = 1024  # records per step of a shard's reader (one numpy conversion each)
-
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -117,21 +118,21 @@ def check_job(config: config_lib.ExperimentConfig, filter_cfg: filter_config.Fil
 
 
 class ReadShardFn(beam.DoFn):
-    """shard -> its records as `Row`s, in file order (the reader of `--mode=predict`)."""
+    """shard -> its records as lists of `Row`s in file order (the reader of
+    `--mode=predict`): predict_batch_size rows each, the shard's last list shorter."""
 
     def __init__(self, config: config_lib.ExperimentConfig):
         self._config = config
         self._rows = beam.metrics.Metrics.counter(_METRICS, "records_read")
 
-    def process(self, shard: int) -> Iterable[Row]:
+    def process(self, shard: int) -> Iterable[List[Row]]:
         c = self._config
         s = _slices(c)[shard]
         records = readers.read_examples([s.input_path], "unlabeled", c.num_label_classes,
                                         deterministic=True, cycle_length=1)
-        for batch in records.batch(_READ_BATCH).as_numpy_iterator():
-            for i in range(len(batch["index"])):
-                yield Row(shard, int(batch["index"][i]), batch["id"][i], batch["image"][i],
-                          int(batch["true_label"][i]))
+        for batch in records.batch(c.predict_batch_size).as_numpy_iterator():
+            yield [Row(shard, int(batch["index"][i]), batch["id"][i], batch["image"][i],
+                       int(batch["true_label"][i])) for i in range(len(batch["index"]))]
             self._rows.inc(len(batch["index"]))
 
 
@@ -164,13 +165,16 @@ class Teacher:
 class TeacherModelHandler(ModelHandler):
     """RunInference's handler for our checkpoints: `load_model` builds the Keras model of
     --predict_ckpt_path and restores its EMA weights exactly as `--mode=predict` does
-    (`predict.load_teacher`); `run_inference` labels one batch of `Row`s in inference
-    mode and yields (shard, (row, probabilities float32 [K])) for the grouping by shard.
+    (`predict.load_teacher`); `run_inference` labels one element, a list of one shard's
+    `Row`s (`ReadShardFn`), in inference mode as one batch and yields
+    (shard, [(row, probabilities float32 [K])]) for the grouping by shard.
 
     The stock TensorFlow handlers load a SavedModel or a model class with
     `model.load_weights`, which know neither `model_config.json` nor the EMA shadows of
-    our (or the original TF1) checkpoints, hence this subclass. Batches are exactly
-    predict_batch_size rows except the last of a bundle (`batch_elements_kwargs`)."""
+    our (or the original TF1) checkpoints, hence this subclass. The batches are made by
+    `ReadShardFn`, not by RunInference (`batch_elements_kwargs`: one element per call):
+    batches of rows of several shards or cut elsewhere in a shard would change the
+    last bits of some probabilities on some CPUs."""
 
     def __init__(self, config: config_lib.ExperimentConfig):
         super().__init__()
@@ -179,21 +183,23 @@ class TeacherModelHandler(ModelHandler):
     def load_model(self) -> Teacher:
         return Teacher(self._config)
 
-    def run_inference(self, batch: Sequence[Row], model: Teacher,
+    def run_inference(self, batch: Sequence[List[Row]], model: Teacher,
                       inference_args: Optional[Dict] = None):
-        probabilities = model([row.image for row in batch])
-        return [(row.shard, (row, probabilities[i])) for i, row in enumerate(batch)]
+        out = []
+        for rows in batch:  # one list (batch_elements_kwargs)
+            probabilities = model([row.image for row in rows])
+            out.append((rows[0].shard, list(zip(rows, probabilities))))
+        return out
 
     def batch_elements_kwargs(self):
-        size = self._config.predict_batch_size
-        return {"min_batch_size": size, "max_batch_size": size}
+        return {"min_batch_size": 1, "max_batch_size": 1}
 
     def share_model_across_processes(self) -> bool:
         return False  # one model per worker process (module doc)
 
 
 class WriteShardFn(beam.DoFn):
-    """(shard, {"shard": [...], "rows": [(Row, probabilities)]}) -> shard, once its
+    """(shard, {"shard": [...], "rows": [[(Row, probabilities)]]}) -> shard, once its
     outputs are published: the rows in file order through `predict.SliceOutput`, the
     writer of `--mode=predict` (records, info file, count check, temp + rename)."""
 
@@ -203,7 +209,8 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         shard, grouped = element
-        rows = sorted(grouped["rows"], key=lambda pair: pair[0].index)
+        rows = sorted((pair for batch in grouped["rows"] for pair in batch),
+                      key=lambda pair: pair[0].index)
         s = _slices(self._config)[shard]
         k = self._config.num_label_classes
         batch = {"index": np.array([r.index for r, _ in rows], np.int64),

@@ -27,6 +27,10 @@ prediction is never matched to an image by position.
 
 A job reads all its slices through one input pipeline, file after file, so the reader's
 set-up (~1-2 s of tracing and graph rewrites) is paid once per job and not per shard.
+The teacher's batches never run across two files: each file is cut every
+`predict_batch_size` records from its first, so a resumed job, which starts at a slice's
+first record, predicts every image in the same batch as an uninterrupted job would (on
+some CPUs the last bits of an image's probabilities depend on its batch).
 Every output file is written atomically, and a slice is published as soon as its last
 record is written; a slice whose outputs all exist is finished and skipped on a re-run,
 any other slice is redone from scratch (temporaries a killed run left are removed). The
@@ -209,7 +213,7 @@ def _job_dataset(files: List[str], replicas: int, worker: int, record_format: st
 
     Building a reader and its iterator costs ~1-2 s here (tracing, graph rewrites), so a
     job builds it once, not once per slice. A batch may end in one file and go on in the
-    next: rows carry their `file` and `index`, and the caller splits on `file`.
+    next: rows carry their `file` and `index`, and `_file_batches` re-cuts them per file.
     """
     records = readers.read_examples(
         files, record_format, num_classes, decode_images=check_images,
@@ -225,6 +229,55 @@ def _job_dataset(files: List[str], replicas: int, worker: int, record_format: st
 
     return (records.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size).prefetch(2))
+
+
+def _file_batches(batches, size: int):
+    """Re-cuts the reader's batches (dicts of arrays with a `file` row field) so that a
+    batch holds the rows of one file only, cut at every `size`-th row from the file's
+    first: a file's last batch may be short (the predictor pads it).
+
+    Why: the model's output for an image is not always bitwise independent of its place in
+    the batch and of the other images in it (seen on an AMD EPYC CPU). A resumed job
+    starts at a slice's first record, so batches that ran across files would be cut
+    differently on a re-run and a killed-and-resumed job would round some probabilities
+    differently from an uninterrupted one. Cut per file, every slice sees the same batches
+    whatever ran before it.
+    """
+    parts, count = [], 0
+
+    def take(n):
+        nonlocal parts, count
+        out, rest, need = [], [], n
+        for part in parts:
+            m = len(part["file"])
+            if need >= m:
+                out.append(part)
+                need -= m
+            elif need > 0:
+                out.append({k: v[:need] for k, v in part.items()})
+                rest.append({k: v[need:] for k, v in part.items()})
+                need = 0
+            else:
+                rest.append(part)
+        parts, count = rest, count - n
+        if len(out) == 1:
+            return out[0]
+        return {k: np.concatenate([part[k] for part in out]) for k in out[0]}
+
+    for batch in batches:
+        files = batch["file"]
+        cuts = [0, *(np.flatnonzero(files[1:] != files[:-1]) + 1), len(files)]
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            if start == end:
+                continue
+            if parts and parts[0]["file"][0] != files[start]:
+                yield take(count)  # the previous file's short last batch
+            parts.append({k: v[start:end] for k, v in batch.items()})
+            count += end - start
+            while count >= size:
+                yield take(size)
+    if count:
+        yield take(count)
 
 
 def count_slice(s: Slice) -> int:
@@ -425,23 +478,16 @@ def predict_slices(slices: List[Slice], predictor: Predictor,
     active = start_next()
     try:
         try:
-            for batch in dataset.as_numpy_iterator():
+            for batch in _file_batches(dataset.as_numpy_iterator(), predictor.batch_size):
                 probabilities = np.ascontiguousarray(predictor(batch["pixels"]), "<f4")
-                labels = probabilities.argmax(axis=1)
-                row, n = 0, len(labels)
-                while row < n:
-                    while batch["file"][row] != names[pending[0]]:
-                        summaries[pending.pop(0)] = active.finish(skipped)
-                        if not pending:
-                            raise RuntimeError(f"the reader gave a row of {batch['file'][row]!r},"
-                                               f" which is not a file of this job")
-                        active = start_next()
-                    end = row + 1
-                    while end < n and batch["file"][end] == batch["file"][row]:
-                        end += 1
-                    active.write(batch, probabilities, labels, range(row, end), encode,
-                                 skipped)
-                    row = end
+                while batch["file"][0] != names[pending[0]]:
+                    summaries[pending.pop(0)] = active.finish(skipped)
+                    if not pending:
+                        raise RuntimeError(f"the reader gave a row of {batch['file'][0]!r}, "
+                                           f"which is not a file of this job")
+                    active = start_next()
+                active.write(batch, probabilities, probabilities.argmax(axis=1),
+                             range(len(probabilities)), encode, skipped)
         except tf.errors.InvalidArgumentError:
             if config.skip_corrupt:
                 raise
