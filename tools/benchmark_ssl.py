@@ -364,7 +364,7 @@ def teacher_predictions(results: Dict) -> Optional[Tuple[Tuple[int, int], ...]]:
     filtering. Runs with equal values learnt from the same teacher; None when the split
     has no true labels to count against."""
     stage = next((s for s in results.get("stages", []) if s.get("iteration") == 1), None)
-    before = (((stage or {}).get("pseudo_labels") or {}).get("accuracy") or {}).get("before")
+    before = _label_accuracy(stage).get("before")
     if not before or not before.get("per_class"):
         return None
     return tuple((c["records"], c["correct"]) for c in before["per_class"])
@@ -401,8 +401,14 @@ def reference_from_main(main_entry: Dict) -> Dict:
             "finished": main_entry.get("finished"), "commit": main_entry.get("commit")}
 
 
+def _label_accuracy(stage: Optional[Dict]) -> Dict:
+    """A stage's pseudo-label accuracy report ({} when the unlabeled split has no true
+    labels, or for a stage without pseudo labels)."""
+    return ((stage or {}).get("pseudo_labels") or {}).get("accuracy") or {}
+
+
 def _pseudo_accuracy(stage: Dict) -> Dict[str, Optional[float]]:
-    accuracy = ((stage.get("pseudo_labels") or {}).get("accuracy") or {})
+    accuracy = _label_accuracy(stage)
     return {when: (accuracy.get(when) or {}).get("accuracy") for when in ("before", "after")}
 
 
@@ -694,7 +700,7 @@ def main(argv):
                     + FLAGS.gin_param, check=lambda results, name=name: check_one_teacher(
                         seed, dict(done, **{name: {"results": results}})))
             done[name] = entry
-            check_one_teacher(seed, done)
+            check_one_teacher(seed, done)  # archived entries; a new run was checked before
             if entry.get("from") == "main":
                 derived_reference.add(seed)
             if label not in bench.ablation_rows:
