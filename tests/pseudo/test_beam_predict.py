@@ -20,7 +20,6 @@ from nst import main  # noqa: E402
 from nst.data import schema, writers  # noqa: E402
 from nst.pseudo import beam_predict  # noqa: E402
 from nst.pseudo import filter as filter_lib  # noqa: E402
-from nst.pseudo import predict  # noqa: E402
 from nst.testing import file_tree  # noqa: E402
 
 K = 10
@@ -111,27 +110,18 @@ def test_beam_job_equals_local_predict_and_filter(data_dir, teacher_dir, local, 
 
 
 def test_the_teacher_sees_the_batches_of_local_predict(data_dir, teacher_dir, tmp_path,
-                                                       monkeypatch):
+                                                       predictor_calls):
     """Each model call gets the same images as in `--mode=predict`: batches of one
     shard cut every predict_batch_size from its first record (on some CPUs other cuts
     change the last bits of the probabilities)."""
-    calls = []
-    call = predict.Predictor.__call__
-
-    def recording(self, pixels):
-        calls.append(pixels.tobytes())
-        return call(self, pixels)
-
-    monkeypatch.setattr(predict.Predictor, "__call__", recording)
     config, f = _configs(data_dir, teacher_dir, str(tmp_path / "local"))
     main.run(config)
-    local = list(calls)
-    calls.clear()
+    local = [c.tobytes() for c in predictor_calls]
+    assert [len(c) for c in predictor_calls] == [8, 5, 8, 1]  # SIZES = 13, 0, 9
+    predictor_calls.clear()
     config, f = _configs(data_dir, teacher_dir, str(tmp_path / "beam"))
     beam_predict.run_pseudo_label_beam(config, f, ONE)
-    pixel_bytes = 32 * 32 * 3 * 4
-    assert [len(c) // pixel_bytes for c in local] == [8, 5, 8, 1]  # SIZES = 13, 0, 9
-    assert sorted(calls) == sorted(local)
+    assert sorted(c.tobytes() for c in predictor_calls) == sorted(local)
 
 
 def test_bad_input_is_named_before_any_work(data_dir, teacher_dir, tmp_path):

@@ -418,7 +418,7 @@ def test_worker_files_feed_the_filter_with_the_same_slices(data_dir, teacher_dir
 
 
 def test_one_job_cuts_batches_at_file_ends_and_publishes_empty_slices(
-        teacher_dir, tmp_path, monkeypatch):
+        teacher_dir, tmp_path, predictor_calls):
     """Shards of 5, 0 and 11 records at batch 4: each batch holds one shard's records,
     cut every 4 from the shard's first, so a shard is batched the same way whether or not
     the shards before it ran (as on a resume); the empty shard still gets its (empty)
@@ -431,14 +431,7 @@ def test_one_job_cuts_batches_at_file_ends_and_publishes_empty_slices(
         writers.write_records(str(data / writers.shard_name("extra", shard, 3)),
                               [schema.encode_unlabeled(_jpeg(rng), image_id=f"s{shard}-{i}")
                                for i in range(n)])
-    calls = []
-    call = predict.Predictor.__call__
-
-    def recording(self, pixels):
-        calls.append(pixels.copy())
-        return call(self, pixels)
-
-    monkeypatch.setattr(predict.Predictor, "__call__", recording)
+    calls = predictor_calls
     config = _config(str(data), teacher_dir, tmp_path / "out", predict_batch_size=4)
     summaries = main.run(config)
     assert [s["num_records"] for s in summaries] == sizes
