@@ -20,8 +20,9 @@ predict (`--mode=predict`) -> histogram -> thresholds -> select -> filtered shar
 
 Because the model sees the same batches as in `--mode=predict` (on some CPUs an image's
 probabilities depend in the last bits on the batch it is in), the records are encoded by
-predict's own writer from those outputs, and the filter is the same per-shard code, the filtered records and the statistics equal those
-of `nst-main --mode=predict` + `nst-filter-unlabel` (tests/pseudo/test_beam_predict.py).
+predict's own writer from those outputs, and the filter is the same per-shard code, the
+filtered records and the statistics equal those of `nst-main --mode=predict` +
+`nst-filter-unlabel` (tests/pseudo/test_beam_predict.py).
 
 The model is loaded once per worker process: RunInference keeps the handler's model in
 Beam's per-process `shared.Shared` cache, so the DoFn instances of all threads of a worker
@@ -62,6 +63,7 @@ from nst.pseudo import predict  # noqa: E402
 
 FLAGS = flags.FLAGS
 _METRICS = "nst_pseudo_label"
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:

@@ -243,41 +243,27 @@ def _file_batches(batches, size: int):
     differently from an uninterrupted one. Cut per file, every slice sees the same batches
     whatever ran before it.
     """
-    parts, count = [], 0
+    def rows(batch, start, end):
+        return {k: v[start:end] for k, v in batch.items()}
 
-    def take(n):
-        nonlocal parts, count
-        out, rest, need = [], [], n
-        for part in parts:
-            m = len(part["file"])
-            if need >= m:
-                out.append(part)
-                need -= m
-            elif need > 0:
-                out.append({k: v[:need] for k, v in part.items()})
-                rest.append({k: v[need:] for k, v in part.items()})
-                need = 0
-            else:
-                rest.append(part)
-        parts, count = rest, count - n
-        if len(out) == 1:
-            return out[0]
-        return {k: np.concatenate([part[k] for part in out]) for k in out[0]}
-
+    pending = None  # the current file's rows not yet in a batch (fewer than `size`)
     for batch in batches:
         files = batch["file"]
         cuts = [0, *(np.flatnonzero(files[1:] != files[:-1]) + 1), len(files)]
         for start, end in zip(cuts[:-1], cuts[1:]):
-            if start == end:
-                continue
-            if parts and parts[0]["file"][0] != files[start]:
-                yield take(count)  # the previous file's short last batch
-            parts.append({k: v[start:end] for k, v in batch.items()})
-            count += end - start
-            while count >= size:
-                yield take(size)
-    if count:
-        yield take(count)
+            part = rows(batch, start, end)
+            if pending is not None and pending["file"][0] != part["file"][0]:
+                yield pending  # the previous file's short last batch
+                pending = None
+            if pending is not None:
+                part = {k: np.concatenate([pending[k], part[k]]) for k in part}
+            n = len(part["file"])
+            full = n - n % size
+            for first in range(0, full, size):
+                yield rows(part, first, first + size)
+            pending = rows(part, full, n) if full < n else None
+    if pending is not None:
+        yield pending
 
 
 def count_slice(s: Slice) -> int:
